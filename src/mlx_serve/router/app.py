@@ -1,0 +1,35 @@
+"""``make_app()``: the aiohttp application in front of the supervisor. It owns no process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from mlx_serve.router.errors import error_middleware
+from mlx_serve.router.keys import HTTP, SUPERVISOR
+from mlx_serve.router.openai_routes import add_routes
+from mlx_serve.supervisor import Supervisor
+
+#: Largest request body accepted (vision requests carry base64 images).
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+def make_app(supervisor: Supervisor) -> web.Application:
+    """The router for ``supervisor``. Starting and stopping the supervisor is the caller's."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[SUPERVISOR] = supervisor
+    app.cleanup_ctx.append(_worker_session)
+    add_routes(app)
+    return app
+
+
+async def _worker_session(app: web.Application) -> AsyncIterator[None]:
+    # No pool limit here: concurrency per worker is capped by the supervisor's slots.
+    # No total timeout: a long generation is not an error; the connect timeout is.
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        app[HTTP] = session
+        yield

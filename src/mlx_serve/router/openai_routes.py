@@ -1,0 +1,233 @@
+"""The OpenAI-compatible endpoints: validate, pick the model, lease a worker, forward."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from mlx_serve.config import ModelType, parse_duration
+from mlx_serve.router.errors import ApiError
+from mlx_serve.router.keys import HTTP, SUPERVISOR
+from mlx_serve.router.proxy import Trace, forward
+from mlx_serve.supervisor import QueueFull, ShuttingDown, Supervisor, WorkerStartError
+from mlx_serve.supervisor.states import WorkerState
+
+#: Which model types may answer which endpoint.
+ENDPOINT_TYPES: dict[str, frozenset[ModelType]] = {
+    "/v1/chat/completions": frozenset({ModelType.TEXT, ModelType.VISION}),
+    "/v1/completions": frozenset({ModelType.TEXT}),
+}
+
+#: Where a model of each type is served, for "wrong endpoint" errors.
+TYPE_ENDPOINTS: dict[ModelType, str] = {
+    ModelType.TEXT: "/v1/chat/completions or /v1/completions",
+    ModelType.VISION: "/v1/chat/completions",
+    ModelType.EMBEDDING: "/v1/embeddings",
+    ModelType.TTS: "/v1/audio/speech",
+    ModelType.STT: "/v1/audio/transcriptions",
+}
+
+#: Retry-After (seconds) suggested when the queue is full or a model is unavailable.
+RETRY_AFTER = "5"
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 saying what is wrong with it."""
+    raw = await request.read()
+    if not raw:
+        raise ApiError(400, "the request body is empty; send a JSON object", code="invalid_json")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(
+            400, f"the request body is not valid JSON: {exc}", code="invalid_json"
+        ) from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def resolve_model(supervisor: Supervisor, body: dict[str, Any], endpoint: str) -> str:
+    """The configured model name the body's ``model`` field names, checked for this endpoint."""
+    requested = body.get("model")
+    if not isinstance(requested, str) or not requested.strip():
+        raise ApiError(
+            400, "'model' is required: the name of a configured model", param="model",
+            code="missing_model",
+        )  # fmt: skip
+    name = supervisor.resolve(requested)
+    if name is None:
+        available = ", ".join(sorted(supervisor.workers)) or "(none configured)"
+        raise ApiError(
+            404,
+            f"model {requested!r} not found; available models: {available}",
+            param="model",
+            code="model_not_found",
+        )
+    model_type = supervisor.workers[name].model.type
+    allowed = ENDPOINT_TYPES.get(endpoint)
+    if allowed is not None and model_type not in allowed:
+        raise ApiError(
+            400,
+            f"model {requested!r} is a {model_type.value} model; it is served at "
+            f"{TYPE_ENDPOINTS[model_type]}, not {endpoint}",
+            param="model",
+            code="wrong_model_type",
+        )
+    return name
+
+
+def pop_keep_alive(body: dict[str, Any]) -> float | None:
+    """Remove ``keep_alive`` from the body (workers do not know it) and parse it (seconds)."""
+    if "keep_alive" not in body:
+        return None
+    raw = body.pop("keep_alive")
+    if raw is None:
+        return None
+    if isinstance(raw, bool):
+        raise ApiError(
+            400, "'keep_alive' must be a duration like \"30m\" or seconds", param="keep_alive"
+        )
+    try:
+        return parse_duration(raw)
+    except (ValueError, TypeError) as exc:
+        raise ApiError(
+            400,
+            f'invalid keep_alive {raw!r}: use a duration like "30m", "1h", seconds, '
+            "-1 (never unload) or 0 (unload after this request)",
+            param="keep_alive",
+            code="invalid_keep_alive",
+        ) from exc
+
+
+def _check_completion_body(endpoint: str, body: dict[str, Any]) -> None:
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise ApiError(400, "'stream' must be true or false", param="stream")
+    if endpoint == "/v1/chat/completions":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' must be a non-empty list", param="messages")
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+            raise ApiError(400, "each message must be an object with a 'role'", param="messages")
+    elif endpoint == "/v1/completions":
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str | list):
+            raise ApiError(400, "'prompt' must be a string or a list", param="prompt")
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ApiError(400, f"'{key}' must be a positive integer", param=key)
+    for key in ("temperature", "top_p"):
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ApiError(400, f"'{key}' must be a number", param=key)
+
+
+async def proxy_completion(request: web.Request, endpoint: str) -> web.StreamResponse:
+    supervisor = request.app[SUPERVISOR]
+    body = await read_json_object(request)
+    name = resolve_model(supervisor, body, endpoint)
+    keep_alive = pop_keep_alive(body)
+    _check_completion_body(endpoint, body)
+    worker = supervisor.workers[name]
+    body = {**worker.model.defaults, **body}  # the client's own values win
+    trace = Trace(model=body["model"], endpoint=endpoint, stream=bool(body.get("stream")))
+    try:
+        async with supervisor.lease(name, keep_alive=keep_alive) as lease:
+            trace.queued_s = lease.queued_s
+            return await forward(
+                request,
+                session=request.app[HTTP],
+                lease=lease,
+                path=endpoint,
+                body=body,
+                trace=trace,
+            )
+    except ApiError as exc:
+        trace.status, trace.error = exc.status, exc.message
+        raise
+    except QueueFull as exc:
+        trace.status, trace.error = 503, str(exc)
+        raise ApiError(
+            503, str(exc), code="queue_full", headers={"Retry-After": RETRY_AFTER}
+        ) from exc
+    except WorkerStartError as exc:
+        trace.status, trace.error = 503, exc.reason
+        raise ApiError(
+            503, str(exc), code="model_unavailable", headers={"Retry-After": RETRY_AFTER}
+        ) from exc
+    except ShuttingDown as exc:
+        trace.status, trace.error = 503, "shutting down"
+        raise ApiError(503, "mlx-serve is shutting down", code="shutting_down") from exc
+    except asyncio.CancelledError:
+        trace.status, trace.error = 499, "client closed the request"
+        raise
+    finally:
+        supervisor.events.emit("request", name, **trace.summary())
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await proxy_completion(request, "/v1/chat/completions")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await proxy_completion(request, "/v1/completions")
+
+
+def _status(state: WorkerState) -> str:
+    return {
+        WorkerState.READY: "loaded",
+        WorkerState.DRAINING: "loaded",
+        WorkerState.STARTING: "loading",
+        WorkerState.STOPPING: "unloading",
+        WorkerState.FAILED: "failed",
+    }.get(state, "unloaded")
+
+
+def model_entry(supervisor: Supervisor, name: str) -> dict[str, Any]:
+    worker = supervisor.workers[name]
+    entry: dict[str, Any] = {
+        "id": name,
+        "object": "model",
+        "created": int(supervisor.started_at),
+        "owned_by": "mlx-serve",
+        "type": worker.model.type.value,
+        "status": _status(worker.state),
+        "aliases": list(worker.model.aliases),
+    }
+    if worker.state is WorkerState.FAILED and worker.last_error:
+        entry["error"] = worker.last_error
+    return entry
+
+
+async def list_models(request: web.Request) -> web.Response:
+    supervisor = request.app[SUPERVISOR]
+    data = [model_entry(supervisor, name) for name in supervisor.workers]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    supervisor = request.app[SUPERVISOR]
+    requested = request.match_info["model"]
+    name = supervisor.resolve(requested)
+    if name is None:
+        raise ApiError(404, f"model {requested!r} not found", code="model_not_found")
+    return web.json_response(model_entry(supervisor, name))
+
+
+async def health(request: web.Request) -> web.Response:
+    supervisor = request.app[SUPERVISOR]
+    return web.json_response({"status": "ok", "loaded": supervisor.loaded()})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)
+    app.router.add_get("/health", health)

@@ -1,0 +1,253 @@
+"""Forwarding one request to a worker: retries before the first byte, SSE relayed as it comes.
+
+Invariants:
+- A request whose upstream connection failed before any response byte is retried (mlx_lm's
+  server drops connections under a burst); once a byte came back, it never is.
+- A stream is relayed event by event, never buffered whole; the model name the worker reports
+  (its path) is replaced by the name the client asked for.
+- A stream that breaks after it started ends with an SSE ``error`` event, not a silent cut.
+- If the client goes away, the handler is cancelled and the upstream response is closed, which
+  makes the worker stop generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from mlx_serve.router.errors import ApiError
+from mlx_serve.supervisor.states import WorkerState
+
+if TYPE_CHECKING:
+    from mlx_serve.supervisor import Lease
+
+#: Attempts to reach a worker before giving up with 502 (only before any byte came back).
+CONNECT_ATTEMPTS = 5
+RETRY_BACKOFF = 0.05
+
+
+@dataclass
+class Trace:
+    """Timings of one proxied request, reported as a ``request`` event when it ends."""
+
+    model: str
+    endpoint: str
+    stream: bool
+    started: float = field(default_factory=time.perf_counter)
+    queued_s: float = 0.0
+    ttft_s: float | None = None
+    completion_tokens: int | None = None
+    prompt_tokens: int | None = None
+    status: int = 0
+    retries: int = 0
+    chunks: int = 0
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        total = time.perf_counter() - self.started
+        if self.completion_tokens is None and self.chunks:
+            self.completion_tokens = self.chunks
+        tps = None
+        if self.completion_tokens and self.ttft_s is not None and total > self.ttft_s:
+            tps = self.completion_tokens / (total - self.ttft_s)
+        return {
+            "endpoint": self.endpoint,
+            "stream": self.stream,
+            "status": self.status,
+            "queued_s": round(self.queued_s, 4),
+            "ttft_s": None if self.ttft_s is None else round(self.ttft_s, 4),
+            "latency_s": round(total, 4),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "tokens_per_s": None if tps is None else round(tps, 2),
+            "retries": self.retries,
+            "error": self.error,
+        }
+
+
+class _ModelRenamer:
+    """Replaces the worker's model id with the client's in JSON text, byte-wise and cheaply."""
+
+    def __init__(self, upstream: str, client: str) -> None:
+        self._old = json.dumps(upstream).encode()
+        self._new = json.dumps(client).encode()
+
+    def __call__(self, data: bytes) -> bytes:
+        return data.replace(self._old, self._new) if self._old != self._new else data
+
+
+def _worker_alive(lease: Lease) -> bool:
+    return lease.worker.state in (WorkerState.READY, WorkerState.DRAINING)
+
+
+async def _open_upstream(
+    session: aiohttp.ClientSession, lease: Lease, path: str, payload: bytes, trace: Trace
+) -> aiohttp.ClientResponse:
+    last: Exception | None = None
+    for attempt in range(CONNECT_ATTEMPTS):
+        if attempt:
+            trace.retries += 1
+            await asyncio.sleep(RETRY_BACKOFF * 2 ** (attempt - 1))
+        if not _worker_alive(lease):
+            break
+        try:
+            return await session.post(
+                lease.base_url + path,
+                data=payload,
+                headers={"Content-Type": "application/json"},
+            )
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            # No response byte came back: the request never started on the worker.
+            last = exc
+    reason = lease.worker.last_error or (str(last) if last else "connection failed")
+    raise ApiError(
+        502,
+        f"model {trace.model!r}: the worker could not be reached ({reason})",
+        code="worker_unreachable",
+    )
+
+
+def _upstream_error(status: int, body: bytes, model: str) -> ApiError:
+    """A worker's own error, in OpenAI shape; its 4xx stay 4xx, its 5xx become 502."""
+    message = body.decode("utf-8", errors="replace").strip()[:2000]
+    code: str | None = None
+    try:
+        data = json.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message", message))
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+        elif isinstance(err, str):
+            message = err
+    except ValueError:
+        pass
+    if 400 <= status < 500:
+        return ApiError(status, message or f"the worker rejected the request ({status})", code=code)
+    return ApiError(
+        502,
+        f"model {model!r}: the worker failed ({status}): {message}",
+        code=code or "worker_error",
+    )
+
+
+async def forward(
+    request: web.Request,
+    *,
+    session: aiohttp.ClientSession,
+    lease: Lease,
+    path: str,
+    body: dict[str, Any],
+    trace: Trace,
+) -> web.StreamResponse:
+    """Send ``body`` to the worker behind ``lease`` and relay its answer to ``request``."""
+    rename = _ModelRenamer(lease.upstream_model, trace.model)
+    payload = json.dumps({**body, "model": lease.upstream_model}).encode()
+    upstream = await _open_upstream(session, lease, path, payload, trace)
+    try:
+        if upstream.status >= 400:
+            raise _upstream_error(upstream.status, await upstream.read(), trace.model)
+        content_type = upstream.headers.get("Content-Type", "")
+        if trace.stream and "text/event-stream" in content_type:
+            return await _relay_stream(request, upstream, rename, trace)
+        try:
+            data = await upstream.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise ApiError(
+                502,
+                f"model {trace.model!r}: the worker failed mid-request ({_why(lease, exc)})",
+                code="worker_died",
+            ) from exc
+        trace.ttft_s = time.perf_counter() - trace.started
+        _read_usage(data, trace)
+        trace.status = upstream.status
+        return web.Response(
+            body=rename(data),
+            status=upstream.status,
+            content_type=content_type.split(";")[0] or "application/json",
+        )
+    finally:
+        # Closing (not releasing) an unfinished response drops the connection, which is how
+        # the worker learns that nobody is listening any more.
+        upstream.close()
+
+
+async def _relay_stream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    rename: _ModelRenamer,
+    trace: Trace,
+) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        },
+    )
+    await resp.prepare(request)
+    trace.status = 200
+    buffer = b""
+    done = False
+    try:
+        async for chunk in upstream.content.iter_any():
+            buffer += chunk
+            cut = buffer.rfind(b"\n\n")
+            if cut < 0:
+                continue
+            events, buffer = buffer[: cut + 2], buffer[cut + 2 :]
+            if trace.ttft_s is None:
+                trace.ttft_s = time.perf_counter() - trace.started
+            if b"[DONE]" in events:
+                done = True
+            _count_stream_tokens(events, trace)
+            await resp.write(rename(events))
+        if buffer:
+            await resp.write(rename(buffer))
+            done = done or b"[DONE]" in buffer
+        if not done:
+            raise aiohttp.ClientPayloadError("the stream ended without [DONE]")
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        error = ApiError(
+            502,
+            f"model {trace.model!r}: the worker failed mid-stream ({exc})",
+            code="worker_died",
+        )
+        trace.error = error.message
+        trace.status = 502
+        await resp.write(error.sse_event())
+    await resp.write_eof()
+    return resp
+
+
+def _count_stream_tokens(events: bytes, trace: Trace) -> None:
+    """Count streamed chunks (about one token each); a usage block, when sent, wins."""
+    for line in events.split(b"\n"):
+        if line.startswith(b"data: {"):
+            trace.chunks += 1
+            if b'"usage"' in line:
+                _read_usage(line[6:], trace)
+
+
+def _read_usage(data: bytes, trace: Trace) -> None:
+    try:
+        usage = json.loads(data).get("usage")
+    except (ValueError, AttributeError):
+        return
+    if isinstance(usage, dict):
+        if isinstance(usage.get("completion_tokens"), int):
+            trace.completion_tokens = usage["completion_tokens"]
+        if isinstance(usage.get("prompt_tokens"), int):
+            trace.prompt_tokens = usage["prompt_tokens"]
+
+
+def _why(lease: Lease, exc: BaseException) -> str:
+    if lease.worker.last_error:
+        return lease.worker.last_error
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,236 @@
+"""The swap scheduler: admits requests to ready workers, queues the rest, and serializes swaps.
+
+One asyncio task (:meth:`Scheduler.run`) makes every decision. Request handlers call
+:meth:`acquire` / :meth:`release`; anything that could change a decision wakes the loop,
+which admits queued requests, then asks :func:`policy.next_action` for at most one start or
+stop at a time. Because only that task starts or stops workers, two swaps can never overlap
+and ``max_loaded_models`` cannot be exceeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mlx_serve.supervisor import policy
+from mlx_serve.supervisor.states import DOWN, WorkerState
+from mlx_serve.supervisor.worker import WorkerStartError
+
+if TYPE_CHECKING:
+    from mlx_serve.supervisor.clock import Clock
+    from mlx_serve.supervisor.events import EventBus
+    from mlx_serve.supervisor.worker import ManagedWorker
+
+S = WorkerState
+
+
+class QueueFull(Exception):
+    """More requests are waiting than ``queue_limit`` allows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"too many requests are waiting for a model (queue_limit={limit})")
+        self.limit = limit
+
+
+class ShuttingDown(Exception):
+    """The server is stopping and admits nothing new."""
+
+
+@dataclass(eq=False)
+class _Waiter:
+    model: str
+    enqueued_at: float
+    future: asyncio.Future[None] = field(repr=False)
+
+
+class Scheduler:
+    """Queues requests per model and decides which worker runs when."""
+
+    def __init__(
+        self,
+        workers: dict[str, ManagedWorker],
+        *,
+        limits: policy.Limits,
+        queue_limit: int,
+        clock: Clock,
+        events: EventBus,
+    ) -> None:
+        self.workers = workers
+        self.limits = limits
+        self.queue_limit = queue_limit
+        self._clock = clock
+        self._events = events
+        self._queue: deque[_Waiter] = deque()
+        self._wake = asyncio.Event()
+        self._op: asyncio.Task[None] | None = None
+        self._closed = False
+        self._contended: dict[str, int] = {}
+        self.swaps = 0
+
+    # ---------------------------------------------------------- request side
+
+    def waiting(self, model: str | None = None) -> int:
+        return sum(1 for w in self._queue if model is None or w.model == model)
+
+    async def acquire(self, name: str) -> None:
+        """Wait until ``name`` is READY and this request is admitted to it.
+
+        Raises :class:`QueueFull`, :class:`ShuttingDown`, or the
+        :class:`~mlx_serve.supervisor.worker.WorkerStartError` of a failed load. A caller
+        cancelled while waiting leaves the queue; one that returns must call :meth:`release`.
+        """
+        if self._closed:
+            raise ShuttingDown
+        worker = self.workers[name]
+        if (
+            worker.state is S.READY
+            and not self.waiting(name)
+            and self._contended.get(name, 0) < self.limits.fair_requests
+        ):
+            self._admit(worker)
+            return
+        if len(self._queue) >= self.queue_limit:
+            raise QueueFull(self.queue_limit)
+        waiter = _Waiter(name, self._clock.now(), asyncio.get_running_loop().create_future())
+        self._queue.append(waiter)
+        self.wake()
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            if waiter in self._queue:
+                self._queue.remove(waiter)  # the client went away while waiting
+                self.wake()
+            elif (
+                waiter.future.done()
+                and not waiter.future.cancelled()
+                and waiter.future.exception() is None
+            ):
+                self.release(name)  # admitted in the same instant it was cancelled
+            raise
+
+    def release(self, name: str) -> None:
+        """A request admitted by :meth:`acquire` has finished (successfully or not)."""
+        worker = self.workers[name]
+        worker.inflight -= 1
+        worker.last_used = self._clock.now()
+        self.wake()
+
+    def _admit(self, worker: ManagedWorker) -> None:
+        worker.inflight += 1
+        worker.requests_total += 1
+        if any(w.model != worker.name for w in self._queue):
+            self._contended[worker.name] = self._contended.get(worker.name, 0) + 1
+            self.wake()  # the fairness bound may now be reached
+
+    # ------------------------------------------------------------- the loop
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Decide, then sleep until woken or until the next timer is due."""
+        while True:
+            self._wake.clear()
+            self.step()
+            deadline = policy.next_deadline(self._views(), self.limits)
+            # A floor on the timeout: a deadline already past must not make this loop spin.
+            timeout = None if deadline is None else max(0.01, deadline - self._clock.now())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def step(self) -> None:
+        """Admit what can be admitted, then start at most one start/stop/drain."""
+        self._admit_waiters()
+        waiting_models = {w.model for w in self._queue}
+        for name in list(self._contended):
+            if not waiting_models - {name}:
+                del self._contended[name]  # nobody else waits: the fairness count restarts
+        if self._op is not None or self._closed:
+            return
+        action = policy.next_action(self._views(), self.limits, self._clock.now())
+        if action is None:
+            return
+        if isinstance(action, policy.Drain):
+            self._events.emit("worker.drain", action.model, for_model=action.for_model)
+            self.workers[action.model].drain()
+        elif isinstance(action, policy.Undrain):
+            self.workers[action.model].undrain()
+            self._contended.pop(action.model, None)
+            self.wake()
+        else:
+            self._op = asyncio.get_running_loop().create_task(self._run_op(action))
+
+    def _admit_waiters(self) -> None:
+        for waiter in list(self._queue):
+            worker = self.workers[waiter.model]
+            if waiter.future.done():
+                self._queue.remove(waiter)
+            elif worker.state is S.READY:
+                self._queue.remove(waiter)
+                self._admit(worker)
+                waiter.future.set_result(None)
+
+    async def _run_op(self, action: policy.Start | policy.Stop) -> None:
+        try:
+            worker = self.workers[action.model]
+            if isinstance(action, policy.Stop):
+                if action.for_model is not None:
+                    self.swaps += 1
+                    self._events.emit("swap", action.model, to=action.for_model)
+                await worker.stop(action.reason)
+            else:
+                self._contended.pop(action.model, None)
+                try:
+                    await worker.ensure_ready()
+                except WorkerStartError as exc:
+                    self._fail_waiters(action.model, exc)
+        finally:
+            self._op = None
+            self.wake()
+
+    def _fail_waiters(self, name: str, exc: BaseException) -> None:
+        for waiter in list(self._queue):
+            if waiter.model == name:
+                self._queue.remove(waiter)
+                if not waiter.future.done():
+                    waiter.future.set_exception(exc)
+
+    def _views(self) -> dict[str, policy.ModelView]:
+        oldest: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for w in self._queue:
+            oldest.setdefault(w.model, w.enqueued_at)
+            counts[w.model] = counts.get(w.model, 0) + 1
+        return {
+            name: policy.ModelView(
+                name=name,
+                state=worker.state,
+                inflight=worker.inflight,
+                waiting=counts.get(name, 0),
+                oldest_wait=oldest.get(name),
+                last_used=worker.last_used,
+                contended_admits=self._contended.get(name, 0),
+                idle_timeout=worker.idle_timeout(),
+            )
+            for name, worker in self.workers.items()
+        }
+
+    # ------------------------------------------------------------- shutdown
+
+    async def close(self) -> None:
+        """Fail every waiter and let a running start/stop finish or be cancelled."""
+        self._closed = True
+        for waiter in list(self._queue):
+            if not waiter.future.done():
+                waiter.future.set_exception(ShuttingDown())
+        self._queue.clear()
+        if self._op is not None:
+            self._op.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._op
+
+
+__all__ = ["DOWN", "QueueFull", "Scheduler", "ShuttingDown"]

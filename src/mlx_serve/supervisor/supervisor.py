@@ -1,0 +1,170 @@
+"""The supervisor: every managed worker, the scheduler that swaps them, and their events.
+
+This is the one object the router talks to. It parses no HTTP: the router hands it a model
+name and an optional keep_alive in seconds, and gets back a lease on a ready worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlx_serve.supervisor.clock import Clock, MonotonicClock
+from mlx_serve.supervisor.events import EventBus
+from mlx_serve.supervisor.policy import Limits
+from mlx_serve.supervisor.scheduler import Scheduler
+from mlx_serve.supervisor.states import RESIDENT
+from mlx_serve.supervisor.worker import ManagedWorker
+from mlx_serve.workers.process import Launcher, SubprocessLauncher
+from mlx_serve.workers.registry import default_drivers
+
+if TYPE_CHECKING:
+    from mlx_serve.config import Config, ModelType
+    from mlx_serve.workers.base import WorkerDriver
+
+
+class UnsupportedModelType(Exception):
+    """No driver is installed for a configured model's type."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A request's hold on a ready worker, from admission until the response is finished."""
+
+    worker: ManagedWorker
+    queued_s: float  # time spent waiting for admission, including any swap
+
+    @property
+    def base_url(self) -> str:
+        return self.worker.base_url
+
+    @property
+    def upstream_model(self) -> str:
+        return self.worker.upstream_model
+
+
+class Supervisor:
+    """Owns the workers; hands out leases on them."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        data_dir: Path,
+        launcher: Launcher | None = None,
+        drivers: Mapping[ModelType, WorkerDriver] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.clock = clock or MonotonicClock()
+        self.events = EventBus(self.clock.wall)
+        self._launcher = launcher or SubprocessLauncher()
+        self._drivers = dict(drivers) if drivers is not None else default_drivers()
+        self.started_at = self.clock.wall()
+        self.workers: dict[str, ManagedWorker] = {}
+        for name, model in config.models.items():
+            driver = self._drivers.get(model.type)
+            if driver is None:
+                raise UnsupportedModelType(
+                    f"model {name!r} has type {model.type.value!r}, which this installation "
+                    "cannot serve yet"
+                )
+            self.workers[name] = ManagedWorker(
+                name,
+                model,
+                config.server,
+                driver=driver,
+                launcher=self._launcher,
+                clock=self.clock,
+                events=self.events,
+                log_dir=data_dir / "logs",
+                on_change=self._on_worker_change,
+            )
+        server = config.server
+        self.scheduler = Scheduler(
+            self.workers,
+            limits=Limits(
+                max_loaded=server.max_loaded_models,
+                fair_wait=server.fair_wait,
+                fair_requests=server.fair_requests,
+            ),
+            queue_limit=server.queue_limit,
+            clock=self.clock,
+            events=self.events,
+        )
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def _on_worker_change(self) -> None:
+        # A crash or a finished start changes what the scheduler may do next.
+        if self._loop_task is not None:
+            self.scheduler.wake()
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Run the scheduler and preload the models marked ``preload: true``."""
+        self._loop_task = asyncio.get_running_loop().create_task(
+            self.scheduler.run(), name="scheduler"
+        )
+        self.events.emit("supervisor.started", models=sorted(self.workers))
+        preload = [n for n, w in self.workers.items() if w.model.preload]
+        for name in preload[: self.config.server.max_loaded_models]:
+            asyncio.get_running_loop().create_task(self._preload(name), name=f"preload-{name}")
+
+    async def _preload(self, name: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.load(name)
+
+    async def shutdown(self) -> None:
+        """Refuse new work, stop every worker (SIGTERM -> grace -> SIGKILL), wait for all."""
+        await self.scheduler.close()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        await asyncio.gather(
+            *(w.stop("shutdown") for w in self.workers.values()), return_exceptions=True
+        )
+        for worker in self.workers.values():
+            await worker.close()
+        self.events.emit("supervisor.stopped")
+
+    # ------------------------------------------------------------- requests
+
+    def resolve(self, name_or_alias: str) -> str | None:
+        """The configured model a request's ``model`` field names, if any."""
+        return self.config.resolve(name_or_alias)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str, *, keep_alive: float | None = None) -> AsyncIterator[Lease]:
+        """Wait for ``name`` to be ready and hold it for the duration of one request.
+
+        ``keep_alive`` (seconds; negative = forever, 0 = unload when idle) replaces the
+        model's idle timeout for as long as this load lasts.
+        """
+        worker = self.workers[name]
+        queued_at = self.clock.now()
+        await self.scheduler.acquire(name)
+        try:
+            if keep_alive is not None:
+                worker.keep_alive = keep_alive
+            queued_s = self.clock.now() - queued_at
+            async with worker.slots:
+                yield Lease(worker, queued_s)
+        finally:
+            self.scheduler.release(name)
+
+    async def load(self, name: str, *, keep_alive: float | None = None) -> None:
+        """Load ``name`` as a request would (queued, swapped in), then leave it idle."""
+        async with self.lease(name, keep_alive=keep_alive):
+            pass
+
+    # ----------------------------------------------------------------- views
+
+    def loaded(self) -> list[str]:
+        return [n for n, w in self.workers.items() if w.state in RESIDENT]

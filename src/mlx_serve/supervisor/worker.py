@@ -1,0 +1,310 @@
+"""One managed worker: the single owner of a model's process and lifecycle state.
+
+All state changes go through :meth:`ManagedWorker._change_state`, which checks the transition
+table and emits an event. Start and stop are serialized by one lock, and both are idempotent,
+so callers never inspect the state and then act on it: they ``await ensure_ready()`` or
+``await stop()`` and get the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from mlx_serve.supervisor.states import DOWN, WorkerState, check_transition
+from mlx_serve.workers.base import LaunchContext, ProbeError, WorkerDriver
+from mlx_serve.workers.process import (
+    SIGKILL,
+    SIGTERM,
+    Launcher,
+    WorkerProcess,
+    free_port,
+    read_log_tail,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from mlx_serve.config import ModelConfig, ServerConfig
+    from mlx_serve.supervisor.clock import Clock
+    from mlx_serve.supervisor.events import EventBus
+
+S = WorkerState
+
+#: Readiness poll interval while the worker's HTTP server is not up yet. A swap users feel
+#: is stop + start + first answer, so a coarse poll would add its whole interval to each swap.
+PROBE_INTERVAL = 0.02
+
+
+class WorkerStartError(Exception):
+    """The worker could not be made ready; ``reason`` says why, ``log_tail`` shows its output."""
+
+    def __init__(self, name: str, reason: str, log_tail: str = "") -> None:
+        message = f"model {name!r} failed to start: {reason}"
+        if log_tail:
+            message += f"\n--- last lines of its log ---\n{log_tail}"
+        super().__init__(message)
+        self.name = name
+        self.reason = reason
+        self.log_tail = log_tail
+
+
+class ManagedWorker:
+    """Owns one model's worker process and its :class:`WorkerState`."""
+
+    def __init__(
+        self,
+        name: str,
+        model: ModelConfig,
+        server: ServerConfig,
+        *,
+        driver: WorkerDriver,
+        launcher: Launcher,
+        clock: Clock,
+        events: EventBus,
+        log_dir: Path,
+        on_change: Callable[[], None] = lambda: None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.server = server
+        self.driver = driver
+        self._launcher = launcher
+        self._clock = clock
+        self._events = events
+        self._on_change = on_change
+        self._host = host
+        self.log_path = log_dir / f"{_safe_filename(name)}.log"
+
+        self.state = S.STOPPED
+        self.inflight = 0  # admitted requests not yet released
+        self.requests_total = 0
+        self.last_used = clock.now()
+        self.loaded_at: float | None = None  # wall clock
+        self.keep_alive: float | None = None  # per-load override from a request's keep_alive
+        self.last_error: str | None = None
+        self.exit_code: int | None = None
+        self.port: int | None = None
+        self.proc: WorkerProcess | None = None
+        self.slots = asyncio.Semaphore(model.max_concurrency or server.max_concurrency)
+        self._lock = asyncio.Lock()
+        self._exited = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+
+    # ----------------------------------------------------------------- views
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.state not in DOWN else None
+
+    @property
+    def upstream_model(self) -> str:
+        return self.driver.upstream_model(self.model)
+
+    def idle_timeout(self) -> float:
+        """Seconds of idleness before unload; negative means never."""
+        if self.keep_alive is not None:
+            return self.keep_alive
+        if self.model.idle_timeout is not None:
+            return self.model.idle_timeout
+        return self.server.idle_timeout
+
+    # ----------------------------------------------------------- transitions
+
+    def _change_state(self, new: WorkerState, **data: Any) -> None:
+        old = self.state
+        check_transition(self.name, old, new)
+        self.state = new
+        self._events.emit("worker.state", self.name, old=old.value, new=new.value, **data)
+        self._on_change()
+
+    def drain(self) -> None:
+        """Stop admitting new requests; in-flight ones finish. READY -> DRAINING."""
+        if self.state is S.READY:
+            self._change_state(S.DRAINING)  # READY -> DRAINING
+
+    def undrain(self) -> None:
+        """Admit requests again. DRAINING -> READY."""
+        if self.state is S.DRAINING:
+            self._change_state(S.READY)  # DRAINING -> READY
+
+    # ----------------------------------------------------------------- start
+
+    async def ensure_ready(self) -> None:
+        """Start the worker unless it is already READY; raise :class:`WorkerStartError`."""
+        async with self._lock:
+            if self.state in (S.READY, S.DRAINING):
+                return
+            await self._start()
+
+    async def _start(self) -> None:
+        self._change_state(S.STARTING)  # STOPPED/FAILED -> STARTING
+        started = self._clock.now()
+        self.port = free_port(self._host)
+        self._exited = asyncio.Event()
+        self.exit_code = None
+        context = LaunchContext(
+            name=self.name,
+            model=self.model,
+            host=self._host,
+            port=self.port,
+            log_path=self.log_path,
+            python=sys.executable,
+        )
+        try:
+            spec = self.driver.launch_spec(context)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a") as log:
+                log.write(f"\n=== mlx-serve: starting {self.name}: {' '.join(spec.argv)}\n")
+            proc = await self._launcher.launch(spec)
+        except OSError as exc:
+            self._fail(f"could not spawn the worker: {exc}")
+            raise WorkerStartError(self.name, f"could not spawn the worker: {exc}") from exc
+        self.proc = proc
+        asyncio.get_running_loop().create_task(self._watch_exit(proc), name=f"watch-{self.name}")
+        try:
+            await self._wait_ready(proc, started)
+        except WorkerStartError as exc:
+            await self._kill_group(proc)
+            self._fail(exc.reason, log_tail=exc.log_tail)
+            raise
+        except BaseException:
+            # Cancelled (shutdown) or a bug: never leave the process behind.
+            await self._kill_group(proc)
+            if self.state is S.STARTING:
+                self._change_state(S.STOPPING, reason="start cancelled")  # STARTING -> STOPPING
+                self._change_state(S.STOPPED)  # STOPPING -> STOPPED
+            raise
+        self.loaded_at = self._clock.wall()
+        self.last_used = self._clock.now()
+        self.last_error = None
+        load_s = self._clock.now() - started
+        self._change_state(S.READY, pid=proc.pid, port=self.port)  # STARTING -> READY
+        self._events.emit("model.loaded", self.name, duration_s=round(load_s, 4), pid=proc.pid)
+
+    async def _wait_ready(self, proc: WorkerProcess, started: float) -> None:
+        deadline = started + self.server.startup_timeout
+        exited = asyncio.ensure_future(self._exited.wait())
+        try:
+            while True:
+                remaining = deadline - self._clock.now()
+                if remaining <= 0:
+                    raise WorkerStartError(
+                        self.name,
+                        f"not ready after startup_timeout={self.server.startup_timeout:g}s",
+                        read_log_tail(self.log_path),
+                    )
+                probe = asyncio.ensure_future(
+                    self.driver.probe(self._http(), self.base_url, self.model, remaining)
+                )
+                done, _ = await asyncio.wait(
+                    {probe, exited}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                if exited in done:
+                    probe.cancel()
+                    raise WorkerStartError(
+                        self.name,
+                        f"the worker exited with code {proc.returncode} while loading",
+                        read_log_tail(self.log_path),
+                    )
+                if probe not in done:
+                    probe.cancel()
+                    continue  # deadline check at the top of the loop
+                try:
+                    if probe.result():
+                        return
+                except ProbeError as exc:
+                    raise WorkerStartError(
+                        self.name, str(exc), read_log_tail(self.log_path)
+                    ) from exc
+                await asyncio.sleep(PROBE_INTERVAL)
+        finally:
+            exited.cancel()
+
+    def _fail(self, reason: str, *, log_tail: str = "") -> None:
+        self.last_error = reason
+        self._change_state(S.FAILED, reason=reason, log_tail=log_tail)  # * -> FAILED
+
+    async def _watch_exit(self, proc: WorkerProcess) -> None:
+        code = await proc.wait()
+        if proc is not self.proc:
+            return
+        self.exit_code = code
+        self._exited.set()
+        if self.state in (S.READY, S.DRAINING):
+            # Died on its own: noticed now, not at the next request.
+            tail = read_log_tail(self.log_path)
+            proc.signal_group(SIGKILL)  # anything it forked goes with it
+            self.loaded_at = None
+            self.keep_alive = None
+            self._events.emit("worker.crashed", self.name, exit_code=code, log_tail=tail)
+            self._fail(f"the worker exited with code {code}", log_tail=tail)
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self, reason: str = "requested") -> None:
+        """Stop the worker (idempotent). Returns once its process group has exited."""
+        async with self._lock:
+            proc = self.proc
+            if self.state in DOWN or proc is None:
+                return
+            stopping_from = self.state
+            self._change_state(S.STOPPING, reason=reason)  # READY/DRAINING -> STOPPING
+            started = self._clock.now()
+            await self._kill_group(proc)
+            self.loaded_at = None
+            self.keep_alive = None
+            self._change_state(S.STOPPED, exit_code=self.exit_code)  # STOPPING -> STOPPED
+            self._events.emit(
+                "model.unloaded",
+                self.name,
+                reason=reason,
+                was=stopping_from.value,
+                duration_s=round(self._clock.now() - started, 4),
+            )
+
+    async def _kill_group(self, proc: WorkerProcess) -> None:
+        """SIGTERM the group, wait ``stop_timeout``, then SIGKILL it; wait for the exit."""
+        if proc.returncode is None:
+            proc.signal_group(SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), self.server.stop_timeout)
+            except TimeoutError:
+                self._events.emit(
+                    "worker.kill", self.name, pid=proc.pid, after_s=self.server.stop_timeout
+                )
+        # Always: stragglers in the group (children the worker forked) must not survive it.
+        proc.signal_group(SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(proc.wait()), 10)
+        self.exit_code = proc.returncode
+
+    # ------------------------------------------------------------------ misc
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        """Release the probe session; the process must already be stopped."""
+        if self._session is not None:
+            await self._session.close()
+
+
+def _safe_filename(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip(".")
+    return cleaned or "model"
+
+
+__all__ = ["PROBE_INTERVAL", "ManagedWorker", "WorkerStartError"]

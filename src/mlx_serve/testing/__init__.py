@@ -1,0 +1,109 @@
+"""Fakes for lifecycle tests, shipped so users' own tests can use them too.
+
+- :class:`FakeClock` (re-exported): time that moves only when told.
+- :class:`FakeWorkerDriver`: starts :mod:`mlx_serve.testing.fake_worker` as a real process,
+  with its failure flags taken from the model's ``args``.
+- :class:`FakeLauncher` / :class:`FakeProcess` / :class:`InstantDriver`: no process at all,
+  for scheduler and state-machine tests that must not fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from mlx_serve.supervisor.clock import FakeClock
+from mlx_serve.workers.base import LaunchContext, flags_from_args
+from mlx_serve.workers.process import SIGKILL, SIGTERM, LaunchSpec, WorkerProcess
+from mlx_serve.workers.text import TextDriver
+
+if TYPE_CHECKING:
+    from mlx_serve.config import ModelConfig
+
+__all__ = ["FakeClock", "FakeLauncher", "FakeProcess", "FakeWorkerDriver", "InstantDriver"]
+
+
+class FakeWorkerDriver(TextDriver):
+    """Like the text driver, but the process is the fake worker; flags come from ``args``."""
+
+    def launch_spec(self, ctx: LaunchContext) -> LaunchSpec:
+        argv = [
+            ctx.python, "-m", "mlx_serve.workers.guard", "mlx_serve.testing.fake_worker",
+            "--host", ctx.host, "--port", str(ctx.port), "--model", ctx.model.path,
+            *flags_from_args(ctx.model.args),
+        ]  # fmt: skip
+        return LaunchSpec(argv=argv, log_path=ctx.log_path)
+
+
+class FakeProcess:
+    """An in-memory stand-in for a worker process."""
+
+    _next_pid = 40_000
+
+    def __init__(self, spec: LaunchSpec, *, ignore_sigterm: bool = False) -> None:
+        FakeProcess._next_pid += 1
+        self.pid = FakeProcess._next_pid
+        self.spec = spec
+        self.returncode: int | None = None
+        self.ready = False
+        self.ignore_sigterm = ignore_sigterm
+        self.signals: list[int] = []
+        self._done = asyncio.Event()
+
+    async def wait(self) -> int:
+        await self._done.wait()
+        assert self.returncode is not None
+        return self.returncode
+
+    def signal_group(self, sig: int) -> None:
+        self.signals.append(sig)
+        if self.returncode is not None:
+            return
+        if sig == SIGKILL or (sig == SIGTERM and not self.ignore_sigterm):
+            self.exit(-sig)
+
+    def exit(self, code: int) -> None:
+        """Simulate the process ending (a crash when nobody asked it to)."""
+        self.returncode = code
+        self._done.set()
+
+
+class FakeLauncher:
+    """Records every launch; processes become ready when a test (or ``auto_ready``) says so."""
+
+    def __init__(self, *, auto_ready: bool = True, ignore_sigterm: bool = False) -> None:
+        self.auto_ready = auto_ready
+        self.ignore_sigterm = ignore_sigterm
+        self.launched: list[FakeProcess] = []
+
+    async def launch(self, spec: LaunchSpec) -> WorkerProcess:
+        proc = FakeProcess(spec, ignore_sigterm=self.ignore_sigterm)
+        proc.ready = self.auto_ready
+        self.launched.append(proc)
+        return proc
+
+    def alive(self) -> list[FakeProcess]:
+        return [p for p in self.launched if p.returncode is None]
+
+
+class InstantDriver:
+    """A driver for :class:`FakeLauncher`: ready as soon as its fake process says so."""
+
+    health_path = "/health"
+
+    def __init__(self, launcher: FakeLauncher) -> None:
+        self._launcher = launcher
+
+    def launch_spec(self, ctx: LaunchContext) -> LaunchSpec:
+        return LaunchSpec(argv=["fake", ctx.name], log_path=ctx.log_path)
+
+    def upstream_model(self, model: ModelConfig) -> str:
+        return model.path
+
+    async def probe(
+        self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
+    ) -> bool:
+        proc = self._launcher.launched[-1]
+        return proc.ready

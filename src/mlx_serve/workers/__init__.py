@@ -1,0 +1,1 @@
+"""How each model type is started, probed for readiness and stopped."""

@@ -1,0 +1,74 @@
+"""The contract between the lifecycle code and one kind of worker.
+
+A driver knows how to spawn a model type's server (:meth:`WorkerDriver.launch_spec`) and how
+to tell that the model really answers (:meth:`WorkerDriver.probe`). It owns no process and no
+state: :class:`mlx_serve.supervisor.worker.ManagedWorker` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from mlx_serve.config import ModelConfig
+    from mlx_serve.workers.process import LaunchSpec
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """What a driver needs to build a worker's command line."""
+
+    name: str
+    model: ModelConfig
+    host: str
+    port: int
+    log_path: Path
+    python: str  # the interpreter workers run under (the supervisor's own)
+
+
+class ProbeError(Exception):
+    """The worker answered, and the answer says the model will never be ready."""
+
+
+class WorkerDriver(Protocol):
+    """How one model type is started and proven ready."""
+
+    #: Request path that answers as soon as the HTTP server is up (liveness, not readiness).
+    health_path: str
+
+    def launch_spec(self, ctx: LaunchContext) -> LaunchSpec: ...
+
+    def upstream_model(self, model: ModelConfig) -> str:
+        """The ``model`` value to forward: the worker's own path, so it never loads another."""
+
+    async def probe(
+        self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
+    ) -> bool:
+        """True once the model has answered a real request.
+
+        False means "not yet" (connection refused, still loading); :class:`ProbeError` means
+        the worker is up but the model failed and retrying will not help.
+        """
+
+
+def flags_from_args(args: dict[str, str | int | float | bool | None] | list[str]) -> list[str]:
+    """``args`` from models.yaml as command-line flags: ``{kv_bits: 4}`` -> ``--kv-bits 4``.
+
+    ``True`` is a bare flag, ``False``/``None`` leave the flag out, a list passes through as is.
+    """
+    if isinstance(args, list):
+        return list(args)
+    flags: list[str] = []
+    for key, value in args.items():
+        flag = key if key.startswith("-") else "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is False or value is None:
+            continue
+        else:
+            flags += [flag, str(value)]
+    return flags

@@ -1,0 +1,61 @@
+"""Text models: ``mlx_lm server`` in a guarded subprocess.
+
+mlx_lm's ``/health`` says "ok" before the weights are loaded, so readiness is a one-token
+completion: it only succeeds once the model has produced a token.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from mlx_serve.workers.base import LaunchContext, ProbeError, flags_from_args
+from mlx_serve.workers.process import LaunchSpec
+
+if TYPE_CHECKING:
+    from mlx_serve.config import ModelConfig
+
+
+class TextDriver:
+    """Starts ``python -m mlx_lm server`` for one model."""
+
+    health_path = "/health"
+
+    def launch_spec(self, ctx: LaunchContext) -> LaunchSpec:
+        model = ctx.model
+        argv = [
+            ctx.python, "-m", "mlx_serve.workers.guard", "mlx_lm", "server",
+            "--model", model.path,
+            "--host", ctx.host,
+            "--port", str(ctx.port),
+        ]  # fmt: skip
+        if model.max_kv_cache_size is not None:
+            # The number of distinct prompt KV caches mlx_lm keeps for prompt caching.
+            argv += ["--prompt-cache-size", str(model.max_kv_cache_size)]
+        argv += flags_from_args(model.args)
+        return LaunchSpec(argv=argv, log_path=ctx.log_path)
+
+    def upstream_model(self, model: ModelConfig) -> str:
+        return model.path
+
+    async def probe(
+        self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
+    ) -> bool:
+        body = {"model": model.path, "prompt": "ok", "max_tokens": 1, "temperature": 0}
+        try:
+            async with session.post(
+                base_url + "/v1/completions",
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                text = await resp.text()
+                if resp.status == 200:
+                    return True
+                if resp.status in (502, 503):
+                    return False
+                raise ProbeError(
+                    f"the model failed to answer a probe: HTTP {resp.status} {text[:500]}"
+                )
+        except (TimeoutError, aiohttp.ClientConnectionError):
+            return False

@@ -1,0 +1,23 @@
+"""Shared helpers: waiting on conditions with a deadline (never a fixed sleep)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+
+# No test may reach the network: the hub client must fail fast instead of downloading.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+async def eventually(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Wait until ``predicate()`` holds, polling; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.005)

@@ -1,0 +1,154 @@
+"""Fixtures that run the real server: in-process ``serve()`` with real worker subprocesses.
+
+Every server a test starts is stopped at teardown, and teardown fails the test if any worker
+process it started is still alive: a leak is a bug, not noise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+
+from mlx_serve.config import Config, ModelType, parse_config_text
+from mlx_serve.server import ServerHandle, serve
+from mlx_serve.supervisor import Supervisor
+from mlx_serve.supervisor.events import Event
+from mlx_serve.tiny_models import build_text_model
+from mlx_serve.workers.base import WorkerDriver
+from mlx_serve.workers.process import free_port
+from tests.conftest import eventually
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny random-weight llama models (built once per session, ~1 s)."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "a": build_text_model(root / "tiny-a", seed=1),
+        "b": build_text_model(root / "tiny-b", seed=2),
+    }
+
+
+@dataclass
+class Running:
+    """A server started by :func:`start_server`."""
+
+    handle: ServerHandle
+    task: asyncio.Task[None]
+    http: aiohttp.ClientSession
+    pids: set[int] = field(default_factory=set)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.handle.url
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return self.handle.supervisor
+
+    def kinds(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.kind == kind]
+
+    async def chat(self, model: str, content: str = "hi", **extra: Any) -> tuple[int, Any]:
+        body = {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+        async with self.http.post("/v1/chat/completions", json=body) as r:
+            return r.status, await r.json()
+
+    async def stream(self, model: str, **extra: Any) -> tuple[int, list[bytes]]:
+        """A streamed chat completion: (status, the raw SSE data lines)."""
+        body = {
+            "model": model,
+            "stream": True,
+            "messages": [{"role": "user", "content": "tell me a story"}],
+            **extra,
+        }
+        lines: list[bytes] = []
+        async with self.http.post("/v1/chat/completions", json=body) as r:
+            async for line in r.content:
+                if line.startswith(b"data: "):
+                    lines.append(line[6:].strip())
+            return r.status, lines
+
+
+StartServer = Callable[..., Awaitable[Running]]
+
+
+def model_yaml(models: Mapping[str, Mapping[str, Any]], **server: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump({"server": server, "models": dict(models)})
+
+
+@pytest.fixture
+async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
+    """Factory: ``await start_server(models={...}, **server_settings)`` -> :class:`Running`."""
+    running: list[Running] = []
+
+    async def start(
+        models: Mapping[str, Mapping[str, Any]],
+        drivers: Mapping[ModelType, WorkerDriver] | None = None,
+        **server: Any,
+    ) -> Running:
+        server.setdefault("port", free_port())
+        server.setdefault("stop_timeout", 5)
+        config: Config = parse_config_text(model_yaml(models, **server))
+        ready: asyncio.Future[ServerHandle] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            serve(
+                config,
+                data_dir=tmp_path / f"data{len(running)}",
+                on_ready=ready.set_result,
+                handle_signals=False,
+                drivers=drivers,
+                drain_timeout=5,
+            )
+        )
+        await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED, timeout=30)
+        if task.done():
+            task.result()
+        handle = ready.result()
+        http = aiohttp.ClientSession(base_url=handle.url)
+        run = Running(handle, task, http)
+
+        def record(event: Event) -> None:
+            run.events.append(event)
+            pid = event.data.get("pid")
+            if isinstance(pid, int):
+                run.pids.add(pid)
+
+        handle.supervisor.events.add_listener(record)
+        running.append(run)
+        return run
+
+    yield start
+
+    for run in running:
+        for worker in run.supervisor.workers.values():
+            if worker.proc is not None:
+                run.pids.add(worker.proc.pid)
+        await run.http.close()
+        run.handle.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(run.task, 60)
+    for run in running:
+        await eventually(
+            lambda run=run: not [p for p in run.pids if _alive(p)],  # type: ignore[misc]
+            timeout=10,
+            what=f"worker processes {sorted(run.pids)} to exit",
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

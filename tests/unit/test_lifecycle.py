@@ -1,0 +1,308 @@
+"""Supervisor, scheduler and worker state machine driven by in-memory fakes and a fake clock.
+
+No process is forked and no test sleeps for a fixed time: the clock moves when the test says,
+and waits are on states with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from mlx_serve.config import Config, ModelConfig, ModelType, ServerConfig
+from mlx_serve.supervisor import QueueFull, ShuttingDown, Supervisor, WorkerStartError
+from mlx_serve.supervisor.states import WorkerState as S
+from mlx_serve.testing import FakeClock, FakeLauncher, InstantDriver
+from mlx_serve.workers.process import SIGKILL, SIGTERM
+from tests.conftest import eventually
+
+
+class Harness:
+    def __init__(self, tmp: Path, names: list[str], **server: object) -> None:
+        self.clock = FakeClock()
+        self.launcher = FakeLauncher()
+        cfg = Config(
+            server=ServerConfig(**server),  # type: ignore[arg-type]
+            models={n: ModelConfig(path=f"org/{n}") for n in names},
+        )
+        self.sup = Supervisor(
+            cfg,
+            data_dir=tmp,
+            launcher=self.launcher,
+            drivers={ModelType.TEXT: InstantDriver(self.launcher)},
+            clock=self.clock,
+        )
+        self.max_alive = 0
+        self.sup.events.add_listener(self._record)
+
+    def _record(self, _event: object) -> None:
+        # Invariant checked on every event: never more live processes than allowed.
+        self.max_alive = max(self.max_alive, len(self.launcher.alive()))
+
+    def state(self, name: str) -> S:
+        return self.sup.workers[name].state
+
+    def kinds(self, kind: str) -> list[dict[str, object]]:
+        return [e.to_json() for e in self.sup.events.recent(kind=kind)]
+
+    async def hold(self, name: str, **kw: object) -> tuple[asyncio.Event, asyncio.Task[None]]:
+        """Start a request on ``name`` that stays in flight until the event is set."""
+        release = asyncio.Event()
+        admitted = asyncio.Event()
+
+        async def run() -> None:
+            async with self.sup.lease(name, **kw):  # type: ignore[arg-type]
+                admitted.set()
+                await release.wait()
+
+        task = asyncio.create_task(run())
+        await asyncio.wait(
+            {task, asyncio.create_task(admitted.wait())},
+            timeout=5,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        return release, task
+
+    def poke(self, seconds: float = 0.0) -> None:
+        self.clock.advance(seconds)
+        self.sup.scheduler.wake()
+
+
+@pytest.fixture
+async def make(tmp_path: Path) -> AsyncIterator[object]:
+    made: list[Harness] = []
+
+    async def factory(names: list[str], **server: object) -> Harness:
+        h = Harness(tmp_path, names, **server)
+        await h.sup.start()
+        made.append(h)
+        return h
+
+    yield factory
+    for h in made:
+        await h.sup.shutdown()
+        assert not h.launcher.alive(), "shutdown left a process running"
+
+
+async def test_first_request_starts_the_model(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"])
+    await h.sup.load("a")
+    assert h.state("a") is S.READY
+    states = [(e["old"], e["new"]) for e in h.kinds("worker.state")]
+    assert states == [("stopped", "starting"), ("starting", "ready")]
+    assert len(h.launcher.launched) == 1
+
+
+async def test_swap_stops_the_old_process_before_starting_the_new(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a", "b"])
+    await h.sup.load("a")
+    await h.sup.load("b")
+    assert (h.state("a"), h.state("b")) == (S.STOPPED, S.READY)
+    assert h.max_alive == 1
+    first, _second = h.launcher.launched
+    assert first.returncode is not None and first.signals[0] == SIGTERM
+    assert h.sup.scheduler.swaps == 1
+
+
+async def test_a_burst_for_a_cold_model_rides_on_one_load(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"])
+    await asyncio.gather(*(h.sup.load("a") for _ in range(20)))
+    assert len(h.launcher.launched) == 1
+
+
+async def test_waiting_model_waits_for_in_flight_requests(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a", "b"])
+    release, a_task = await h.hold("a")
+    b_task = asyncio.create_task(h.sup.load("b"))
+    await eventually(lambda: h.sup.scheduler.waiting("b") == 1, what="b queued")
+    h.poke()
+    await asyncio.sleep(0)
+    assert h.state("a") is S.READY and h.state("b") is S.STOPPED  # a is never cut
+    release.set()
+    await a_task
+    await asyncio.wait_for(b_task, 5)
+    assert (h.state("a"), h.state("b")) == (S.STOPPED, S.READY)
+
+
+async def test_fairness_bound_drains_a_busy_model(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a", "b"], fair_wait=10)
+    release, a_task = await h.hold("a")
+    b_task = asyncio.create_task(h.sup.load("b"))
+    await eventually(lambda: h.sup.scheduler.waiting("b") == 1, what="b queued")
+    h.poke(9)
+    await asyncio.sleep(0.01)
+    assert h.state("a") is S.READY
+    h.poke(2)  # b has now waited 11 s > fair_wait
+    await eventually(lambda: h.state("a") is S.DRAINING, what="a draining")
+    # A new request for a now queues behind b instead of being admitted.
+    late_a = asyncio.create_task(h.sup.load("a"))
+    await eventually(lambda: h.sup.scheduler.waiting("a") == 1, what="late a queued")
+    release.set()
+    await a_task
+    await asyncio.wait_for(b_task, 5)
+    await asyncio.wait_for(late_a, 5)
+    assert h.sup.scheduler.swaps == 2 and h.max_alive == 1
+
+
+async def test_fairness_request_bound(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a", "b"], fair_requests=3, fair_wait=1000)
+    release, a_task = await h.hold("a")
+    b_task = asyncio.create_task(h.sup.load("b"))
+    await eventually(lambda: h.sup.scheduler.waiting("b") == 1, what="b queued")
+    holds = [await h.hold("a") for _ in range(3)]  # admitted while b waits
+    await eventually(lambda: h.state("a") is S.DRAINING, what="a draining after 3 admits")
+    for rel, task in [(release, a_task), *holds]:
+        rel.set()
+        await task
+    await asyncio.wait_for(b_task, 5)
+
+
+async def test_interleaved_burst_swaps_a_handful_of_times(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a", "b"])
+
+    async def request(name: str) -> None:
+        async with h.sup.lease(name):
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(request("ab"[i % 2]) for i in range(20)))
+    assert h.sup.scheduler.swaps <= 2
+    assert len(h.launcher.launched) <= 3
+    assert h.max_alive == 1
+
+
+async def test_idle_timeout_unloads(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"], idle_timeout=60)
+    await h.sup.load("a")
+    h.poke(59)
+    await asyncio.sleep(0.01)
+    assert h.state("a") is S.READY
+    h.poke(2)
+    await eventually(lambda: h.state("a") is S.STOPPED, what="idle unload")
+    assert h.kinds("model.unloaded")[0]["reason"] == "idle"
+
+
+async def test_idle_timer_never_runs_while_a_request_is_in_flight(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"], idle_timeout=60)
+    release, task = await h.hold("a")
+    h.poke(3600)
+    await asyncio.sleep(0.01)
+    assert h.state("a") is S.READY
+    release.set()
+    await task
+    h.poke(59)  # counted from the end of the last request
+    await asyncio.sleep(0.01)
+    assert h.state("a") is S.READY
+
+
+async def test_keep_alive_zero_unloads_after_the_request(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"])
+    await h.sup.load("a", keep_alive=0)
+    await eventually(lambda: h.state("a") is S.STOPPED, what="keep_alive 0 unload")
+    # The override lasted only for that load: the next load uses the configured timeout.
+    await h.sup.load("a")
+    await asyncio.sleep(0.01)
+    assert h.state("a") is S.READY
+
+
+async def test_keep_alive_forever_survives_idle_timeout(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"], idle_timeout=1)
+    await h.sup.load("a", keep_alive=-1)
+    h.poke(10**6)
+    await asyncio.sleep(0.01)
+    assert h.state("a") is S.READY
+
+
+async def test_queue_limit(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a", "b"], queue_limit=2)
+    release, a_task = await h.hold("a")
+    waiting = [asyncio.create_task(h.sup.load("b")) for _ in range(2)]
+    await eventually(lambda: h.sup.scheduler.waiting() == 2, what="two queued")
+    with pytest.raises(QueueFull):
+        await h.sup.load("b")
+    release.set()
+    await a_task
+    await asyncio.wait_for(asyncio.gather(*waiting), 5)
+
+
+async def test_a_cancelled_waiter_leaves_the_queue(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a", "b"])
+    release, a_task = await h.hold("a")
+    b_task = asyncio.create_task(h.sup.load("b"))
+    await eventually(lambda: h.sup.scheduler.waiting("b") == 1, what="b queued")
+    b_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await b_task
+    assert h.sup.scheduler.waiting() == 0
+    release.set()
+    await a_task
+    await asyncio.sleep(0.01)
+    assert h.state("a") is S.READY, "nobody waits for b any more: a stays"
+    assert len(h.launcher.launched) == 1
+
+
+async def test_crash_is_noticed_at_once_and_next_request_restarts(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"])
+    await h.sup.load("a")
+    h.launcher.launched[0].exit(137)
+    await eventually(lambda: h.state("a") is S.FAILED, what="failed after crash")
+    crash = h.kinds("worker.crashed")[0]
+    assert crash["exit_code"] == 137
+    await h.sup.load("a")
+    assert h.state("a") is S.READY and len(h.launcher.launched) == 2
+
+
+async def test_startup_timeout_fails_waiters_and_kills_the_process(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"], startup_timeout=30)
+    h.launcher.auto_ready = False
+    task = asyncio.create_task(h.sup.load("a"))
+    await eventually(lambda: h.state("a") is S.STARTING, what="starting")
+    h.poke(31)
+    with pytest.raises(WorkerStartError, match="not ready after startup_timeout=30s"):
+        await asyncio.wait_for(task, 5)
+    assert h.state("a") is S.FAILED
+    assert not h.launcher.alive()
+    # The next request tries again.
+    h.launcher.auto_ready = True
+    await h.sup.load("a")
+    assert h.state("a") is S.READY
+
+
+async def test_stop_escalates_to_sigkill(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"], stop_timeout=0.05)
+    h.launcher.ignore_sigterm = True
+    await h.sup.load("a")
+    await h.sup.workers["a"].stop()
+    proc = h.launcher.launched[0]
+    assert proc.signals[:2] == [SIGTERM, SIGKILL]
+    assert h.kinds("worker.kill")
+
+
+async def test_shutdown_fails_waiters_and_stops_everything(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a", "b"])
+    release, a_task = await h.hold("a")
+    b_task = asyncio.create_task(h.sup.load("b"))
+    await eventually(lambda: h.sup.scheduler.waiting("b") == 1, what="b queued")
+    await h.sup.scheduler.close()
+    with pytest.raises(ShuttingDown):
+        await b_task
+    release.set()
+    await a_task
+    await h.sup.shutdown()
+    assert not h.launcher.alive()
+
+
+async def test_max_loaded_models_two_keeps_both(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a", "b", "c"], max_loaded_models=2)
+    await h.sup.load("a")
+    await h.sup.load("b")
+    assert (h.state("a"), h.state("b")) == (S.READY, S.READY)
+    h.poke(1)
+    await h.sup.load("a")  # a is now the most recently used
+    h.poke(1)
+    await h.sup.load("c")
+    assert (h.state("a"), h.state("b"), h.state("c")) == (S.READY, S.STOPPED, S.READY)
+    assert h.max_alive == 2
