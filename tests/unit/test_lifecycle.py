@@ -71,6 +71,13 @@ class Harness:
         self.clock.advance(seconds)
         self.sup.scheduler.wake()
 
+    async def settle(self) -> None:
+        """Let the scheduler act on all it can act on now, and wait for that to finish."""
+        for _ in range(5):
+            await asyncio.sleep(0)
+            while (op := self.sup.scheduler.current_op) is not None:
+                await asyncio.wait({op})
+
 
 @pytest.fixture
 async def make(tmp_path: Path) -> AsyncIterator[object]:
@@ -120,7 +127,7 @@ async def test_waiting_model_waits_for_in_flight_requests(make) -> None:  # type
     b_task = asyncio.create_task(h.sup.load("b"))
     await eventually(lambda: h.sup.scheduler.waiting("b") == 1, what="b queued")
     h.poke()
-    await asyncio.sleep(0)
+    await h.settle()
     assert h.state("a") is S.READY and h.state("b") is S.STOPPED  # a is never cut
     release.set()
     await a_task
@@ -134,7 +141,7 @@ async def test_fairness_bound_drains_a_busy_model(make) -> None:  # type: ignore
     b_task = asyncio.create_task(h.sup.load("b"))
     await eventually(lambda: h.sup.scheduler.waiting("b") == 1, what="b queued")
     h.poke(9)
-    await asyncio.sleep(0.01)
+    await h.settle()
     assert h.state("a") is S.READY
     h.poke(2)  # b has now waited 11 s > fair_wait
     await eventually(lambda: h.state("a") is S.DRAINING, what="a draining")
@@ -166,7 +173,7 @@ async def test_interleaved_burst_swaps_a_handful_of_times(make) -> None:  # type
 
     async def request(name: str) -> None:
         async with h.sup.lease(name):
-            await asyncio.sleep(0.01)
+            await h.settle()
 
     await asyncio.gather(*(request("ab"[i % 2]) for i in range(20)))
     assert h.sup.scheduler.swaps <= 2
@@ -178,7 +185,7 @@ async def test_idle_timeout_unloads(make) -> None:  # type: ignore[no-untyped-de
     h = await make(["a"], idle_timeout=60)
     await h.sup.load("a")
     h.poke(59)
-    await asyncio.sleep(0.01)
+    await h.settle()
     assert h.state("a") is S.READY
     h.poke(2)
     await eventually(lambda: h.state("a") is S.STOPPED, what="idle unload")
@@ -189,12 +196,12 @@ async def test_idle_timer_never_runs_while_a_request_is_in_flight(make) -> None:
     h = await make(["a"], idle_timeout=60)
     release, task = await h.hold("a")
     h.poke(3600)
-    await asyncio.sleep(0.01)
+    await h.settle()
     assert h.state("a") is S.READY
     release.set()
     await task
     h.poke(59)  # counted from the end of the last request
-    await asyncio.sleep(0.01)
+    await h.settle()
     assert h.state("a") is S.READY
 
 
@@ -204,7 +211,7 @@ async def test_keep_alive_zero_unloads_after_the_request(make) -> None:  # type:
     await eventually(lambda: h.state("a") is S.STOPPED, what="keep_alive 0 unload")
     # The override lasted only for that load: the next load uses the configured timeout.
     await h.sup.load("a")
-    await asyncio.sleep(0.01)
+    await h.settle()
     assert h.state("a") is S.READY
 
 
@@ -212,7 +219,7 @@ async def test_keep_alive_forever_survives_idle_timeout(make) -> None:  # type: 
     h = await make(["a"], idle_timeout=1)
     await h.sup.load("a", keep_alive=-1)
     h.poke(10**6)
-    await asyncio.sleep(0.01)
+    await h.settle()
     assert h.state("a") is S.READY
 
 
@@ -239,7 +246,7 @@ async def test_a_cancelled_waiter_leaves_the_queue(make) -> None:  # type: ignor
     assert h.sup.scheduler.waiting() == 0
     release.set()
     await a_task
-    await asyncio.sleep(0.01)
+    await h.settle()
     assert h.state("a") is S.READY, "nobody waits for b any more: a stays"
     assert len(h.launcher.launched) == 1
 

@@ -5,7 +5,7 @@ No HTTP parsing happens here; the router asks for a lease on a ready worker and 
 
 from mlx_serve.supervisor.scheduler import QueueFull, ShuttingDown
 from mlx_serve.supervisor.states import WorkerState
-from mlx_serve.supervisor.supervisor import Lease, Supervisor, UnsupportedModelType
+from mlx_serve.supervisor.supervisor import Lease, Supervisor
 from mlx_serve.supervisor.worker import ManagedWorker, WorkerStartError
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "QueueFull",
     "ShuttingDown",
     "Supervisor",
-    "UnsupportedModelType",
     "WorkerStartError",
     "WorkerState",
 ]

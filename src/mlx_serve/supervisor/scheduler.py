@@ -72,6 +72,11 @@ class Scheduler:
 
     # ---------------------------------------------------------- request side
 
+    @property
+    def current_op(self) -> asyncio.Task[None] | None:
+        """The start or stop in progress, if any (tests await it to let the loop settle)."""
+        return self._op
+
     def waiting(self, model: str | None = None) -> int:
         return sum(1 for w in self._queue if model is None or w.model == model)
 
@@ -138,8 +143,11 @@ class Scheduler:
             deadline = policy.next_deadline(self._views(), self.limits)
             # A floor on the timeout: a deadline already past must not make this loop spin.
             timeout = None if deadline is None else max(0.01, deadline - self._clock.now())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races with the wake-up, and shutdown would then wait on this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def step(self) -> None:
         """Admit what can be admitted, then start at most one start/stop/drain."""

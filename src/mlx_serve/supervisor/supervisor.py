@@ -27,10 +27,6 @@ if TYPE_CHECKING:
     from mlx_serve.workers.base import WorkerDriver
 
 
-class UnsupportedModelType(Exception):
-    """No driver is installed for a configured model's type."""
-
-
 @dataclass(frozen=True)
 class Lease:
     """A request's hold on a ready worker, from admission until the response is finished."""
@@ -64,21 +60,16 @@ class Supervisor:
         self.clock = clock or MonotonicClock()
         self.events = EventBus(self.clock.wall)
         self._launcher = launcher or SubprocessLauncher()
-        self._drivers = dict(drivers) if drivers is not None else default_drivers()
+        # Drivers given here (tests, embedders) replace the defaults type by type.
+        self._drivers = {**default_drivers(), **(drivers or {})}
         self.started_at = self.clock.wall()
         self.workers: dict[str, ManagedWorker] = {}
         for name, model in config.models.items():
-            driver = self._drivers.get(model.type)
-            if driver is None:
-                raise UnsupportedModelType(
-                    f"model {name!r} has type {model.type.value!r}, which this installation "
-                    "cannot serve yet"
-                )
             self.workers[name] = ManagedWorker(
                 name,
                 model,
                 config.server,
-                driver=driver,
+                driver=self._drivers[model.type],
                 launcher=self._launcher,
                 clock=self.clock,
                 events=self.events,

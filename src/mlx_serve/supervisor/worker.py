@@ -278,7 +278,8 @@ class ManagedWorker:
         if proc.returncode is None:
             proc.signal_group(SIGTERM)
             try:
-                await asyncio.wait_for(asyncio.shield(proc.wait()), self.server.stop_timeout)
+                async with asyncio.timeout(self.server.stop_timeout):
+                    await proc.wait()
             except TimeoutError:
                 self._events.emit(
                     "worker.kill", self.name, pid=proc.pid, after_s=self.server.stop_timeout
@@ -286,7 +287,8 @@ class ManagedWorker:
         # Always: stragglers in the group (children the worker forked) must not survive it.
         proc.signal_group(SIGKILL)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(proc.wait()), 10)
+            async with asyncio.timeout(10):
+                await proc.wait()
         self.exit_code = proc.returncode
 
     # ------------------------------------------------------------------ misc

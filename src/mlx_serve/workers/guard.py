@@ -17,10 +17,12 @@ import threading
 
 
 def _watch_stdin() -> None:
+    # os.read on the raw fd, not sys.stdin: a daemon thread blocked inside a buffered reader
+    # makes the interpreter abort ("could not acquire lock ... at shutdown") on a normal exit.
     try:
-        while sys.stdin.buffer.read(65536):
+        while os.read(0, 65536):
             pass
-    except (OSError, ValueError):
+    except OSError:
         pass
     os.killpg(os.getpgrp(), signal.SIGKILL)
 

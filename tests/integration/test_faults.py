@@ -1,0 +1,137 @@
+"""Crash, hang, queue and disconnect handling, with the fake worker as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+import aiohttp
+import pytest
+
+from mlx_serve.config import ModelType
+from mlx_serve.testing import FakeWorkerDriver
+from tests.conftest import eventually
+from tests.integration.conftest import StartServer
+
+pytestmark = pytest.mark.slow
+
+FAKE = {ModelType.TEXT: FakeWorkerDriver()}
+
+
+def fake(args: dict[str, object] | None = None, **extra: object) -> dict[str, object]:
+    return {"path": "fake/model", "args": args or {}, **extra}
+
+
+async def test_startup_timeout_reports_why_and_kills_the_worker(start_server: StartServer) -> None:
+    run = await start_server(
+        {"hang": fake({"never_ready": True})},
+        drivers=FAKE,
+        startup_timeout="1s",
+        stop_timeout="500ms",
+    )
+    status, data = await run.chat("hang")
+    assert status == 503
+    error = data["error"]
+    assert error["code"] == "model_unavailable"
+    assert "not ready after startup_timeout=1s" in error["message"]
+    assert "fake worker pid" in error["message"], "the worker's log tail is in the error"
+    worker = run.supervisor.workers["hang"]
+    assert worker.state.value == "failed" and worker.pid is None
+    listed = {m["id"]: m for m in (await (await run.http.get("/v1/models")).json())["data"]}
+    assert listed["hang"]["status"] == "failed" and "startup_timeout" in listed["hang"]["error"]
+
+
+async def test_worker_that_exits_while_loading_fails_fast(start_server: StartServer) -> None:
+    run = await start_server({"bad": fake({"exit_on_start": 7})}, drivers=FAKE)
+    status, data = await run.chat("bad")
+    assert status == 503
+    assert "exited with code 7 while loading" in data["error"]["message"]
+    assert "exiting on start as asked" in data["error"]["message"]
+
+
+async def test_sigterm_ignoring_worker_is_killed(start_server: StartServer) -> None:
+    run = await start_server(
+        {"stubborn": fake({"ignore_sigterm": True}), "other": fake()},
+        drivers=FAKE,
+        stop_timeout="300ms",
+    )
+    assert (await run.chat("stubborn"))[0] == 200
+    assert (await run.chat("other"))[0] == 200  # forces a swap: stubborn must die anyway
+    assert [e.model for e in run.kinds("worker.kill")] == ["stubborn"]
+    assert run.supervisor.loaded() == ["other"]
+
+
+async def test_queue_full_gets_503_with_retry_after(start_server: StartServer) -> None:
+    run = await start_server(
+        {"busy": fake({"token_delay": 0.05}), "next": fake()},
+        drivers=FAKE,
+        queue_limit=1,
+        fair_wait="1h",
+    )
+    assert (await run.chat("busy", max_tokens=1))[0] == 200
+    long = asyncio.create_task(run.stream("busy", max_tokens=60))
+    await eventually(lambda: run.supervisor.workers["busy"].inflight == 1, what="busy in flight")
+    queued = asyncio.create_task(run.chat("next"))
+    await eventually(lambda: run.supervisor.scheduler.waiting() == 1, what="one queued")
+    async with run.http.post(
+        "/v1/chat/completions",
+        json={"model": "next", "messages": [{"role": "user", "content": "x"}]},
+    ) as r:
+        assert r.status == 503
+        assert r.headers["Retry-After"] == "5"
+        assert (await r.json())["error"]["code"] == "queue_full"
+    status, lines = await long
+    assert status == 200 and lines[-1] == b"[DONE]"
+    assert (await queued)[0] == 200
+
+
+async def test_waiter_that_disconnects_leaves_the_queue(start_server: StartServer) -> None:
+    run = await start_server(
+        {"busy": fake({"token_delay": 0.05}), "next": fake()}, drivers=FAKE, fair_wait="1h"
+    )
+    assert (await run.chat("busy", max_tokens=1))[0] == 200
+    long = asyncio.create_task(run.stream("busy", max_tokens=40))
+    await eventually(lambda: run.supervisor.workers["busy"].inflight == 1, what="busy in flight")
+    async with aiohttp.ClientSession() as other:
+        gone = asyncio.create_task(
+            other.post(
+                run.url + "/v1/chat/completions",
+                json={"model": "next", "messages": [{"role": "user", "content": "x"}]},
+            )
+        )
+        await eventually(lambda: run.supervisor.scheduler.waiting() == 1, what="queued")
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+    await eventually(lambda: run.supervisor.scheduler.waiting() == 0, what="waiter removed")
+    await long
+    assert run.supervisor.loaded() == ["busy"], "nobody waits for 'next' any more"
+    cancelled = [e for e in run.kinds("request") if e.model == "next"]
+    assert [e.data["status"] for e in cancelled] == [499]  # logged like Ollama does
+
+
+async def test_client_disconnect_mid_stream_aborts_upstream(start_server: StartServer) -> None:
+    run = await start_server({"slow": fake({"token_delay": 0.05})}, drivers=FAKE)
+    body = {"model": "slow", "stream": True, "max_tokens": 1000,
+            "messages": [{"role": "user", "content": "x"}]}  # fmt: skip
+    async with aiohttp.ClientSession() as other:
+        resp = await other.post(run.url + "/v1/chat/completions", json=body)
+        await resp.content.readline()
+        resp.close()
+    worker = run.supervisor.workers["slow"]
+    await eventually(lambda: worker.inflight == 0, what="the request released its lease")
+    request = next(e for e in run.events if e.kind == "request")
+    assert request.data["completion_tokens"] < 1000
+
+
+async def test_crash_while_idle_is_noticed_without_a_request(start_server: StartServer) -> None:
+    run = await start_server({"m": fake()}, drivers=FAKE)
+    assert (await run.chat("m"))[0] == 200
+    pid = run.supervisor.workers["m"].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await eventually(lambda: run.kinds("worker.crashed") != [], what="crash event")
+    assert run.supervisor.workers["m"].state.value == "failed"
+    assert (await run.chat("m"))[0] == 200

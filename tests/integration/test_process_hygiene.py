@@ -1,0 +1,105 @@
+"""``mlx-serve start`` as a real process: signals stop every worker, and none outlives it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+from mlx_serve.workers.process import free_port
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.slow
+
+
+class ServerProcess:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.proc = proc
+        self.url = url
+        self.log = log
+
+    def workers(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+
+@pytest.fixture
+async def server(tmp_path: Path, tiny_models: dict[str, Path]) -> AsyncIterator[ServerProcess]:
+    port = free_port()
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        f"server: {{port: {port}, data_dir: {tmp_path / 'data'}}}\n"
+        f"models:\n  tiny: {{path: {tiny_models['a']}}}\n"
+    )
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once; waits go to threads
+            [sys.executable, "-m", "mlx_serve.cli.main", "start", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MLX_SERVE_HOME": str(tmp_path)},
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            return True  # exited: the assertion below shows its log
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    await eventually(listening, timeout=60, what="mlx-serve start to listen")
+    assert proc.poll() is None, log.read_text()
+    yield ServerProcess(proc, url, log)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+async def load_model(server: ServerProcess) -> list[psutil.Process]:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(server.url + "/v1/chat/completions", json=body) as r,
+    ):
+        assert r.status == 200, await r.text()
+    workers = server.workers()
+    assert any("mlx_lm" in " ".join(p.cmdline()) for p in workers)
+    return workers
+
+
+def gone(processes: list[psutil.Process]) -> bool:
+    for p in processes:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_stops_every_worker(server: ServerProcess, signum: int) -> None:
+    workers = await load_model(server)
+    server.proc.send_signal(signum)
+    code = await asyncio.to_thread(server.proc.wait, 60)
+    assert code == 0, server.log.read_text()
+    assert gone(workers), "a worker survived the supervisor"
+    assert "model.unloaded tiny reason=shutdown" in server.log.read_text()
+
+
+async def test_sigkilled_supervisor_leaves_no_orphan(server: ServerProcess) -> None:
+    workers = await load_model(server)
+    server.proc.kill()  # no chance to clean up: the worker's guard must notice on its own
+    await asyncio.to_thread(server.proc.wait, 30)
+    await eventually(lambda: gone(workers), timeout=15, what="the orphaned worker to exit")
