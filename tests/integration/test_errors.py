@@ -145,3 +145,32 @@ async def test_models_and_health(run: Running) -> None:
         assert_error(r.status, await r.json(), 404, "model_not_found")
     async with run.http.get("/health") as r:
         assert await r.json() == {"status": "ok", "loaded": []}
+
+
+async def test_context_length_is_enforced(start_server: StartServer) -> None:
+    run = await start_server(
+        {"short": {"path": "fake/m", "context_length": 64}},
+        drivers={ModelType.TEXT: FakeWorkerDriver()},
+    )
+    body = {"model": "short", "messages": MSGS, "max_tokens": 65}
+    assert_error(*await post(run, CHAT, body), 400, "context_length_exceeded")
+
+
+async def test_api_key(start_server: StartServer) -> None:
+    run = await start_server(
+        {"m": {"path": "fake/m"}}, drivers={ModelType.TEXT: FakeWorkerDriver()}, api_key="s3cret"
+    )
+    body = {"model": "m", "messages": MSGS, "max_tokens": 2}
+    assert_error(*await post(run, CHAT, body), 401, "invalid_api_key")
+    for headers in ({"Authorization": "Bearer nope"}, {"Authorization": "Basic s3cret"}):
+        async with run.http.post(CHAT, json=body, headers=headers) as r:
+            assert_error(r.status, await r.json(), 401, "invalid_api_key")
+    async with run.http.get("/v1/models") as r:
+        assert r.status == 401
+    async with run.http.get("/health") as r:
+        assert r.status == 200  # liveness stays open
+    for headers in ({"Authorization": "Bearer s3cret"}, {"X-Api-Key": "s3cret"}):
+        async with run.http.post(CHAT, json=body, headers=headers) as r:
+            assert r.status == 200
+    failures = run.kinds("auth.failed")
+    assert len(failures) == 4 and all("s3cret" not in str(e.data) for e in failures)

@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
+from mlx_serve.router.auth import make_auth_middleware, resolve_api_key
 from mlx_serve.router.errors import error_middleware
 from mlx_serve.router.keys import HTTP, SUPERVISOR
 from mlx_serve.router.openai_routes import add_routes
@@ -18,7 +20,11 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 
 def make_app(supervisor: Supervisor) -> web.Application:
     """The router for ``supervisor``. Starting and stopping the supervisor is the caller's."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    middlewares: list[Middleware] = [error_middleware]
+    api_key = resolve_api_key(supervisor.config.server.api_key)
+    if api_key:
+        middlewares.append(make_auth_middleware(api_key))  # inside: its 401 is rendered as JSON
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[SUPERVISOR] = supervisor
     app.cleanup_ctx.append(_worker_session)
     add_routes(app)

@@ -128,6 +128,20 @@ def _check_completion_body(endpoint: str, body: dict[str, Any]) -> None:
             raise ApiError(400, f"'{key}' must be a number", param=key)
 
 
+def _check_context_length(context_length: int | None, body: dict[str, Any]) -> None:
+    if context_length is None:
+        return
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and value > context_length:
+            raise ApiError(
+                400,
+                f"'{key}' is {value}, more than the model's context length ({context_length})",
+                param=key,
+                code="context_length_exceeded",
+            )
+
+
 async def proxy_completion(request: web.Request, endpoint: str) -> web.StreamResponse:
     supervisor = request.app[SUPERVISOR]
     body = await read_json_object(request)
@@ -136,6 +150,7 @@ async def proxy_completion(request: web.Request, endpoint: str) -> web.StreamRes
     _check_completion_body(endpoint, body)
     worker = supervisor.workers[name]
     body = {**worker.model.defaults, **body}  # the client's own values win
+    _check_context_length(worker.model.context_length, body)
     trace = Trace(model=body["model"], endpoint=endpoint, stream=bool(body.get("stream")))
     try:
         async with supervisor.lease(name, keep_alive=keep_alive) as lease:

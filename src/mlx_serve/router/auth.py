@@ -1,0 +1,60 @@
+"""Optional API-key authentication for every route except ``GET /health``.
+
+The key comes from ``server.api_key`` in models.yaml, else ``$MLX_API_KEY``. Clients send it
+the OpenAI way (``Authorization: Bearer KEY``, what the openai SDK and LiteLLM do) or as
+``X-Api-Key``. Comparison is constant-time. A failure is a 401 in OpenAI's shape and a
+``auth.failed`` event (without the key that was sent).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from mlx_serve.router.errors import ApiError, Handler
+from mlx_serve.router.keys import SUPERVISOR
+
+#: Routes anyone may call: liveness checks by service managers and load balancers.
+OPEN_PATHS = frozenset({"/health"})
+
+
+def resolve_api_key(configured: str | None) -> str | None:
+    """The key in force: the config's, else ``$MLX_API_KEY``, else none."""
+    return configured or os.environ.get("MLX_API_KEY") or None
+
+
+def _presented(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("X-Api-Key") or None
+
+
+def make_auth_middleware(api_key: str) -> Middleware:
+    expected = api_key.encode()
+
+    @web.middleware
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
+            return await handler(request)
+        presented = _presented(request)
+        if presented is None or not hmac.compare_digest(presented.encode(), expected):
+            request.app[SUPERVISOR].events.emit(
+                "auth.failed",
+                path=request.path,
+                remote=request.remote,
+                reason="missing" if presented is None else "wrong key",
+            )
+            raise ApiError(
+                401,
+                "a valid API key is required: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await handler(request)
+
+    return auth_middleware
