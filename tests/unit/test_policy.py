@@ -110,10 +110,19 @@ def test_next_deadline_is_the_earliest_timer() -> None:
         ModelView("a", S.READY, last_used=0, idle_timeout=60),
         ModelView("b", S.READY, last_used=0, idle_timeout=-1),
     )
-    assert next_deadline(v, LIMITS) == 60
+    assert next_deadline(v, LIMITS, now=0) == 60
     v = views(
         ModelView("a", S.READY, inflight=1, last_used=0, idle_timeout=60),
         ModelView("b", S.STOPPED, waiting=1, oldest_wait=3),
     )
-    assert next_deadline(v, LIMITS) == 13
-    assert next_deadline(views(ModelView("a", S.STOPPED)), LIMITS) is None
+    assert next_deadline(v, LIMITS, now=0) == 13
+    assert next_deadline(views(ModelView("a", S.STOPPED)), LIMITS, now=0) is None
+
+
+def test_deadlines_already_past_are_left_out() -> None:
+    # A drain in progress: the fairness bound has passed and must not make the loop spin.
+    v = views(
+        ModelView("a", S.DRAINING, inflight=1),
+        ModelView("b", S.STOPPED, waiting=1, oldest_wait=0),
+    )
+    assert next_deadline(v, LIMITS, now=100) is None

@@ -114,7 +114,11 @@ async def _open_upstream(
 
 
 def _upstream_error(status: int, body: bytes, model: str) -> ApiError:
-    """A worker's own error, in OpenAI shape; its 4xx stay 4xx, its 5xx become 502."""
+    """A worker's own error, in OpenAI shape; its 4xx stay 4xx, its 5xx become 502.
+
+    A 404 is the exception: the router always names the worker's own model, so a 404 means
+    the worker is broken (mlx_lm answers "generation thread died" that way), not the client.
+    """
     message = body.decode("utf-8", errors="replace").strip()[:2000]
     code: str | None = None
     try:
@@ -127,7 +131,7 @@ def _upstream_error(status: int, body: bytes, model: str) -> ApiError:
             message = err
     except ValueError:
         pass
-    if 400 <= status < 500:
+    if 400 <= status < 500 and status != 404:
         return ApiError(status, message or f"the worker rejected the request ({status})", code=code)
     return ApiError(
         502,

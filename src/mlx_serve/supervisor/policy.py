@@ -126,9 +126,14 @@ def _idle_stop(views: Mapping[str, ModelView], now: float) -> Stop | None:
     return None
 
 
-def next_deadline(views: Mapping[str, ModelView], limits: Limits) -> float | None:
-    """The earliest instant at which :func:`next_action` could answer differently with no
-    other change: an idle timeout running out or a fairness bound being reached."""
+def next_deadline(views: Mapping[str, ModelView], limits: Limits, now: float) -> float | None:
+    """The earliest future instant at which :func:`next_action` could answer differently with
+    no other change: an idle timeout running out or a fairness bound being reached.
+
+    Instants already past are left out: they were acted upon, or the action waits for a state
+    change (a drain finishing, a start completing) that wakes the scheduler by itself. Keeping
+    them would make the scheduler spin for as long as a drain lasts.
+    """
     times: list[float] = []
     for v in views.values():
         if v.state is S.READY and v.inflight == 0 and v.waiting == 0 and v.idle_timeout >= 0:
@@ -136,4 +141,4 @@ def next_deadline(views: Mapping[str, ModelView], limits: Limits) -> float | Non
     target = next_target(views)
     if target is not None and target.oldest_wait is not None:
         times.append(target.oldest_wait + limits.fair_wait)
-    return min(times, default=None)
+    return min((t for t in times if t > now), default=None)

@@ -140,7 +140,7 @@ class Scheduler:
         while True:
             self._wake.clear()
             self.step()
-            deadline = policy.next_deadline(self._views(), self.limits)
+            deadline = policy.next_deadline(self._views(), self.limits, self._clock.now())
             # A floor on the timeout: a deadline already past must not make this loop spin.
             timeout = None if deadline is None else max(0.01, deadline - self._clock.now())
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
