@@ -8,8 +8,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from mlx_serve.errors import error_middleware
 from mlx_serve.router.auth import make_auth_middleware, resolve_api_key
-from mlx_serve.router.errors import error_middleware
 from mlx_serve.router.keys import HTTP, SUPERVISOR
 from mlx_serve.router.openai_routes import add_routes
 from mlx_serve.supervisor import Supervisor

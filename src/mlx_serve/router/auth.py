@@ -14,7 +14,7 @@ import os
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from mlx_serve.router.errors import ApiError, Handler
+from mlx_serve.errors import ApiError, Handler
 from mlx_serve.router.keys import SUPERVISOR
 
 #: Routes anyone may call: liveness checks by service managers and load balancers.

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from mlx_serve.config import ModelType, parse_duration
-from mlx_serve.router.errors import ApiError
+from mlx_serve.errors import ApiError
 from mlx_serve.router.keys import HTTP, SUPERVISOR
 from mlx_serve.router.proxy import Trace, forward
 from mlx_serve.supervisor import QueueFull, ShuttingDown, Supervisor, WorkerStartError

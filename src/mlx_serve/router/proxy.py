@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from mlx_serve.router.errors import ApiError
+from mlx_serve.errors import ApiError
 from mlx_serve.supervisor.states import WorkerState
 
 if TYPE_CHECKING:

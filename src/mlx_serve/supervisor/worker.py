@@ -173,7 +173,7 @@ class ManagedWorker:
         self.proc = proc
         asyncio.get_running_loop().create_task(self._watch_exit(proc), name=f"watch-{self.name}")
         try:
-            await self._wait_ready(proc, started)
+            details = await self._wait_ready(proc, started)
         except WorkerStartError as exc:
             await self._kill_group(proc)
             self._fail(exc.reason, log_tail=exc.log_tail)
@@ -190,9 +190,16 @@ class ManagedWorker:
         self.last_error = None
         load_s = self._clock.now() - started
         self._change_state(S.READY, pid=proc.pid, port=self.port)  # STARTING -> READY
-        self._events.emit("model.loaded", self.name, duration_s=round(load_s, 4), pid=proc.pid)
+        self._events.emit(
+            "model.loaded",
+            self.name,
+            duration_s=round(load_s, 4),
+            pid=proc.pid,
+            type=self.model.type.value,
+            **details,
+        )
 
-    async def _wait_ready(self, proc: WorkerProcess, started: float) -> None:
+    async def _wait_ready(self, proc: WorkerProcess, started: float) -> dict[str, Any]:
         deadline = started + self.server.startup_timeout
         exited = asyncio.ensure_future(self._exited.wait())
         try:
@@ -221,8 +228,9 @@ class ManagedWorker:
                     probe.cancel()
                     continue  # deadline check at the top of the loop
                 try:
-                    if probe.result():
-                        return
+                    details = probe.result()
+                    if details is not None:
+                        return details
                 except ProbeError as exc:
                     raise WorkerStartError(
                         self.name, str(exc), read_log_tail(self.log_path)

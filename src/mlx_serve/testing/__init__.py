@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -104,6 +104,6 @@ class InstantDriver:
 
     async def probe(
         self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
-    ) -> bool:
+    ) -> dict[str, Any] | None:
         proc = self._launcher.launched[-1]
-        return proc.ready
+        return {} if proc.ready else None

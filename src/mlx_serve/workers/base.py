@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import aiohttp
@@ -47,11 +47,12 @@ class WorkerDriver(Protocol):
 
     async def probe(
         self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
-    ) -> bool:
-        """True once the model has answered a real request.
+    ) -> dict[str, Any] | None:
+        """A dict once the model has answered a real request, else None ("not yet").
 
-        False means "not yet" (connection refused, still loading); :class:`ProbeError` means
-        the worker is up but the model failed and retrying will not help.
+        The dict holds details for the load event (e.g. import and load times the worker
+        measured); it may be empty. :class:`ProbeError` means the worker is up but the model
+        failed and retrying will not help.
         """
 
 

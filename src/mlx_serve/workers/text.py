@@ -6,7 +6,7 @@ completion: it only succeeds once the model has produced a token.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -41,7 +41,7 @@ class TextDriver:
 
     async def probe(
         self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
-    ) -> bool:
+    ) -> dict[str, Any] | None:
         body = {"model": model.path, "prompt": "ok", "max_tokens": 1, "temperature": 0}
         try:
             async with session.post(
@@ -51,11 +51,11 @@ class TextDriver:
             ) as resp:
                 text = await resp.text()
                 if resp.status == 200:
-                    return True
+                    return {}
                 if resp.status in (502, 503):
-                    return False
+                    return None
                 raise ProbeError(
                     f"the model failed to answer a probe: HTTP {resp.status} {text[:500]}"
                 )
         except (TimeoutError, aiohttp.ClientConnectionError):
-            return False
+            return None

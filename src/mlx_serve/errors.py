@@ -1,4 +1,4 @@
-"""OpenAI-shaped errors: ``{"error": {"message", "type", "code"}}``, always JSON.
+"""OpenAI-shaped errors shared by the router and the worker servers: ``{"error": {...}}``.
 
 Handlers raise :class:`ApiError`; the middleware renders it. Anything else that escapes a
 handler is a bug in mlx-serve: it is logged with its traceback and the client gets a 500 with
@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-log = logging.getLogger("mlx_serve.router")
+log = logging.getLogger("mlx_serve.errors")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -1,0 +1,118 @@
+"""The skeleton of mlx-serve's own worker servers (embedding, tts, stt).
+
+Each of those is a small aiohttp app in its own process, started by the supervisor like any
+worker. The model is loaded (and warmed up) *before* the server listens, so for these workers
+``GET /health`` answering 200 does mean the model answered: readiness, not just liveness.
+Heavy imports (mlx-audio and mlx-whisper pull in torch) are timed apart from the load, and
+both times are reported on ``/health`` so the supervisor puts them in the load event.
+
+Inference is blocking and not thread-safe, so it runs on one dedicated thread: requests are
+served one at a time while the event loop stays free to answer ``/health`` and to notice
+clients that went away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from aiohttp import web
+
+from mlx_serve.errors import error_middleware
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Request body limit of the worker servers (audio uploads are the largest).
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class ModelServer(Generic[T]):
+    """A loaded model plus the single thread that runs its inference."""
+
+    def __init__(self, model: T, path: Path, args: argparse.Namespace, timings: dict[str, float]):
+        self.model = model
+        self.path = path
+        self.args = args
+        self.timings = timings
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+
+    async def run(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run blocking ``fn(*args)`` on the inference thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+MODEL_SERVER: web.AppKey[ModelServer[Any]] = web.AppKey("model_server", ModelServer)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def serve_model(
+    description: str,
+    *,
+    imports: Callable[[], None],
+    load: Callable[[Path, argparse.Namespace], T],
+    add_routes: Callable[[web.Application], None],
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: list[str] | None = None,
+) -> None:
+    """Parse ``--model/--host/--port``, import, load, then serve until SIGTERM.
+
+    ``imports`` does the heavy imports (timed as ``import_s``); ``load`` loads and warms up
+    the model (timed as ``load_s``); ``add_routes`` adds the endpoint, whose handlers get the
+    :class:`ModelServer` from ``request.app[MODEL_SERVER]``.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", required=True, help="model directory or HF repo id")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    imports()
+    imported = time.perf_counter()
+    model = load(Path(args.model).expanduser(), args)
+    loaded = time.perf_counter()
+    timings = {"import_s": round(imported - started, 3), "load_s": round(loaded - imported, 3)}
+    print(f"mlx-serve worker: loaded {args.model} {timings}", flush=True)
+
+    server: ModelServer[T] = ModelServer(model, Path(args.model), args, timings)
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[MODEL_SERVER] = server
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok",
+                "model": args.model,
+                "pid": os.getpid(),
+                "peak_rss_bytes": peak_rss_bytes(),
+                **timings,
+            }
+        )
+
+    async def on_cleanup(_: web.Application) -> None:
+        server.shutdown()
+
+    app.router.add_get("/health", health)
+    app.on_cleanup.append(on_cleanup)
+    add_routes(app)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
