@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("mlx_lm")
 pytest.importorskip("tokenizers")
 
-from mlx_serve import tiny_models
-from mlx_serve.tiny_models import MARKER_FILE, build_text_model
+from mlx_serve.tiny_models import text as tiny_models
+from mlx_serve.tiny_models.text import MARKER_FILE, build_text_model
 
 EXPECTED_FILES = {
     "config.json",
