@@ -17,24 +17,19 @@ finished.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import glob
 import hashlib
 import json
 import math
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from mlx_serve.tiny_models._atomic import MARKER_FILE, build_once
 
 __all__ = ["BUILD_VERSION", "MARKER_FILE", "build_text_model", "main"]
 
 # Bump whenever the files this module writes change, so cached builds are redone.
 BUILD_VERSION = 1
 # Written last into a finished build; holds the parameters the build was made from.
-MARKER_FILE = ".complete"
 
 _NUM_ATTENTION_HEADS = 4
 _NUM_KEY_VALUE_HEADS = 2
@@ -146,32 +141,11 @@ def build_text_model(
         "vocab_size": vocab_size,
         "label": label,
     }
-    marker = {"builder_version": BUILD_VERSION, "params": params}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-
-    if _read_marker(dest) == marker:
-        return dest
-    with _build_lock(dest):
-        # Another process may have finished the same build while we waited.
-        if _read_marker(dest) == marker:
-            return dest
-        if dest.exists() and _read_marker(dest) is None and _is_nonempty(dest):
-            raise FileExistsError(
-                f"{dest} exists and is not a tiny model built by mlx_serve; refusing to replace it"
-            )
-        _remove_stale_temporaries(dest)
-        tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-        try:
-            tmp.mkdir()
-            _write_model_dir(tmp, params)
-            (tmp / MARKER_FILE).write_text(
-                json.dumps(marker, sort_keys=True) + "\n", encoding="utf-8"
-            )
-            _move_into_place(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    return build_once(
+        dest,
+        {"builder_version": BUILD_VERSION, "params": params},
+        lambda out: _write_model_dir(out, params),
+    )
 
 
 def _validate(*, hidden_size: int, num_layers: int, vocab_size: int) -> None:
@@ -185,53 +159,6 @@ def _validate(*, hidden_size: int, num_layers: int, vocab_size: int) -> None:
     minimum = _BYTE_ALPHABET_SIZE + len(_SPECIAL_TOKENS)
     if vocab_size < minimum:
         raise ValueError(f"vocab_size must be at least {minimum}, got {vocab_size}")
-
-
-def _read_marker(dest: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((dest / MARKER_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _is_nonempty(path: Path) -> bool:
-    return not path.is_dir() or any(path.iterdir())
-
-
-@contextlib.contextmanager
-def _build_lock(dest: Path) -> Iterator[None]:
-    """Serialise builders of the same ``dest`` across processes (e.g. test workers)."""
-    lock_path = dest.with_name(f".{dest.name}.lock")
-    with lock_path.open("a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
-def _remove_stale_temporaries(dest: Path) -> None:
-    # Only called under the build lock, so any leftover belongs to a crashed build.
-    name = glob.escape(dest.name)
-    for pattern in (f"{name}.tmp-*", f"{name}.old-*"):
-        for leftover in dest.parent.glob(pattern):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _move_into_place(tmp: Path, dest: Path) -> None:
-    if not dest.exists():
-        tmp.rename(dest)
-        return
-    if dest.is_dir() and not any(dest.iterdir()):
-        dest.rmdir()
-        tmp.rename(dest)
-        return
-    # A stale build of ours: swap it out, then delete it.
-    old = dest.with_name(f"{dest.name}.old-{os.getpid()}")
-    dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_model_dir(out: Path, params: dict[str, Any]) -> None:
