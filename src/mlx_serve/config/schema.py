@@ -196,6 +196,8 @@ class ServerConfig(BaseModel):
     """Where logs and state live; ``None`` lets the caller pick its default."""
     api_key: str | None = None
     """If set, clients must send ``Authorization: Bearer <api_key>``."""
+    allow_remote_images: bool = False
+    """Let vision requests name http(s) image URLs, which the worker then fetches."""
 
     @field_validator("data_dir", mode="after")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -11,7 +12,15 @@ from aiohttp import web
 from mlx_serve.config import ModelType, parse_duration
 from mlx_serve.errors import ApiError
 from mlx_serve.router.keys import HTTP, SUPERVISOR
-from mlx_serve.router.proxy import Trace, forward
+from mlx_serve.router.multipart import MultipartError, form_fields
+from mlx_serve.router.proxy import Trace, Upstream, forward
+from mlx_serve.router.validation import (
+    check_chat,
+    check_completion,
+    check_embeddings,
+    check_images,
+    check_speech,
+)
 from mlx_serve.supervisor import QueueFull, ShuttingDown, Supervisor, WorkerStartError
 from mlx_serve.supervisor.states import WorkerState
 
@@ -19,6 +28,10 @@ from mlx_serve.supervisor.states import WorkerState
 ENDPOINT_TYPES: dict[str, frozenset[ModelType]] = {
     "/v1/chat/completions": frozenset({ModelType.TEXT, ModelType.VISION}),
     "/v1/completions": frozenset({ModelType.TEXT}),
+    "/v1/embeddings": frozenset({ModelType.EMBEDDING}),
+    "/v1/audio/speech": frozenset({ModelType.TTS}),
+    "/v1/audio/transcriptions": frozenset({ModelType.STT}),
+    "/v1/audio/translations": frozenset({ModelType.STT}),
 }
 
 #: Where a model of each type is served, for "wrong endpoint" errors.
@@ -103,31 +116,6 @@ def pop_keep_alive(body: dict[str, Any]) -> float | None:
         ) from exc
 
 
-def _check_completion_body(endpoint: str, body: dict[str, Any]) -> None:
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise ApiError(400, "'stream' must be true or false", param="stream")
-    if endpoint == "/v1/chat/completions":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ApiError(400, "'messages' must be a non-empty list", param="messages")
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
-            raise ApiError(400, "each message must be an object with a 'role'", param="messages")
-    elif endpoint == "/v1/completions":
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str | list):
-            raise ApiError(400, "'prompt' must be a string or a list", param="prompt")
-    for key in ("max_tokens", "max_completion_tokens", "n"):
-        value = body.get(key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ApiError(400, f"'{key}' must be a positive integer", param=key)
-    for key in ("temperature", "top_p"):
-        value = body.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise ApiError(400, f"'{key}' must be a number", param=key)
-
-
 def _check_context_length(context_length: int | None, body: dict[str, Any]) -> None:
     if context_length is None:
         return
@@ -142,26 +130,23 @@ def _check_context_length(context_length: int | None, body: dict[str, Any]) -> N
             )
 
 
-async def proxy_completion(request: web.Request, endpoint: str) -> web.StreamResponse:
+async def _serve(
+    request: web.Request,
+    *,
+    name: str,
+    requested: str,
+    keep_alive: float | None,
+    upstream: Upstream,
+    stream: bool,
+) -> web.StreamResponse:
+    """Lease the model's worker (waiting for a swap if needed) and forward one request."""
     supervisor = request.app[SUPERVISOR]
-    body = await read_json_object(request)
-    name = resolve_model(supervisor, body, endpoint)
-    keep_alive = pop_keep_alive(body)
-    _check_completion_body(endpoint, body)
-    worker = supervisor.workers[name]
-    body = {**worker.model.defaults, **body}  # the client's own values win
-    _check_context_length(worker.model.context_length, body)
-    trace = Trace(model=body["model"], endpoint=endpoint, stream=bool(body.get("stream")))
+    trace = Trace(model=requested, endpoint=upstream.path, stream=stream)
     try:
         async with supervisor.lease(name, keep_alive=keep_alive) as lease:
             trace.queued_s = lease.queued_s
             return await forward(
-                request,
-                session=request.app[HTTP],
-                lease=lease,
-                path=endpoint,
-                body=body,
-                trace=trace,
+                request, session=request.app[HTTP], lease=lease, upstream=upstream, trace=trace
             )
     except ApiError as exc:
         trace.status, trace.error = exc.status, exc.message
@@ -186,12 +171,71 @@ async def proxy_completion(request: web.Request, endpoint: str) -> web.StreamRes
         supervisor.events.emit("request", name, **trace.summary())
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await proxy_completion(request, "/v1/chat/completions")
+#: Body checks per JSON endpoint.
+JSON_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "/v1/chat/completions": check_chat,
+    "/v1/completions": check_completion,
+    "/v1/embeddings": check_embeddings,
+    "/v1/audio/speech": check_speech,
+}
 
 
-async def completions(request: web.Request) -> web.StreamResponse:
-    return await proxy_completion(request, "/v1/completions")
+async def proxy_json(request: web.Request, endpoint: str) -> web.StreamResponse:
+    """A JSON endpoint: validate, merge the model's defaults, forward with the worker's id."""
+    supervisor = request.app[SUPERVISOR]
+    body = await read_json_object(request)
+    name = resolve_model(supervisor, body, endpoint)
+    keep_alive = pop_keep_alive(body)
+    worker = supervisor.workers[name]
+    body = {**worker.model.defaults, **body}  # the client's own values win
+    JSON_CHECKS[endpoint](body)
+    if worker.model.type is ModelType.VISION:
+        check_images(body["messages"], allow_remote=supervisor.config.server.allow_remote_images)
+    _check_context_length(worker.model.context_length, body)
+    payload = json.dumps({**body, "model": worker.upstream_model}).encode()
+    return await _serve(
+        request,
+        name=name,
+        requested=body["model"],
+        keep_alive=keep_alive,
+        upstream=Upstream(endpoint, payload),
+        stream=bool(body.get("stream")),
+    )
+
+
+async def proxy_form(request: web.Request, endpoint: str) -> web.StreamResponse:
+    """A multipart endpoint (audio uploads): route on its ``model`` field, forward it as is."""
+    supervisor = request.app[SUPERVISOR]
+    content_type = request.headers.get("Content-Type", "")
+    raw = await request.read()
+    try:
+        fields = form_fields(content_type, raw, frozenset({"model", "keep_alive"}))
+    except MultipartError as exc:
+        raise ApiError(
+            400,
+            f"send the audio as multipart/form-data with a 'file' part: {exc}",
+            code="invalid_form",
+        ) from exc
+    form: dict[str, Any] = dict(fields)
+    name = resolve_model(supervisor, form, endpoint)
+    keep_alive = pop_keep_alive(form)
+    return await _serve(
+        request,
+        name=name,
+        requested=form["model"],
+        keep_alive=keep_alive,
+        upstream=Upstream(endpoint, raw, content_type),
+        stream=False,
+    )
+
+
+def _route(
+    proxy: Callable[[web.Request, str], Awaitable[web.StreamResponse]], endpoint: str
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await proxy(request, endpoint)
+
+    return handler
 
 
 def _status(state: WorkerState) -> str:
@@ -241,8 +285,10 @@ async def health(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
+    for endpoint in JSON_CHECKS:
+        app.router.add_post(endpoint, _route(proxy_json, endpoint))
+    for endpoint in ("/v1/audio/transcriptions", "/v1/audio/translations"):
+        app.router.add_post(endpoint, _route(proxy_form, endpoint))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_get("/health", health)

@@ -87,7 +87,7 @@ def _worker_alive(lease: Lease) -> bool:
 
 
 async def _open_upstream(
-    session: aiohttp.ClientSession, lease: Lease, path: str, payload: bytes, trace: Trace
+    session: aiohttp.ClientSession, lease: Lease, upstream: Upstream, trace: Trace
 ) -> aiohttp.ClientResponse:
     last: Exception | None = None
     for attempt in range(CONNECT_ATTEMPTS):
@@ -98,9 +98,9 @@ async def _open_upstream(
             break
         try:
             return await session.post(
-                lease.base_url + path,
-                data=payload,
-                headers={"Content-Type": "application/json"},
+                lease.base_url + upstream.path,
+                data=upstream.payload,
+                headers={"Content-Type": upstream.content_type},
             )
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             # No response byte came back: the request never started on the worker.
@@ -140,45 +140,93 @@ def _upstream_error(status: int, body: bytes, model: str) -> ApiError:
     )
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """What to send to the worker: a path, the body bytes and their content type."""
+
+    path: str
+    payload: bytes
+    content_type: str = "application/json"
+
+
 async def forward(
     request: web.Request,
     *,
     session: aiohttp.ClientSession,
     lease: Lease,
-    path: str,
-    body: dict[str, Any],
+    upstream: Upstream,
     trace: Trace,
 ) -> web.StreamResponse:
-    """Send ``body`` to the worker behind ``lease`` and relay its answer to ``request``."""
+    """Send ``upstream`` to the worker behind ``lease`` and relay its answer to ``request``.
+
+    JSON answers get the client's model name back; SSE streams are relayed event by event;
+    anything else (audio, subtitles, plain text) is passed through chunk by chunk untouched.
+    """
     rename = _ModelRenamer(lease.upstream_model, trace.model)
-    payload = json.dumps({**body, "model": lease.upstream_model}).encode()
-    upstream = await _open_upstream(session, lease, path, payload, trace)
+    response = await _open_upstream(session, lease, upstream, trace)
     try:
-        if upstream.status >= 400:
-            raise _upstream_error(upstream.status, await upstream.read(), trace.model)
-        content_type = upstream.headers.get("Content-Type", "")
+        if response.status >= 400:
+            raise _upstream_error(response.status, await response.read(), trace.model)
+        content_type = response.headers.get("Content-Type", "")
         if trace.stream and "text/event-stream" in content_type:
-            return await _relay_stream(request, upstream, rename, trace)
-        try:
-            data = await upstream.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise ApiError(
-                502,
-                f"model {trace.model!r}: the worker failed mid-request ({_why(lease, exc)})",
-                code="worker_died",
-            ) from exc
-        trace.ttft_s = time.perf_counter() - trace.started
-        _read_usage(data, trace)
-        trace.status = upstream.status
-        return web.Response(
-            body=rename(data),
-            status=upstream.status,
-            content_type=content_type.split(";")[0] or "application/json",
-        )
+            return await _relay_stream(request, response, rename, trace)
+        if content_type.startswith("application/json"):
+            try:
+                data = await response.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise _died(lease, trace, exc) from exc
+            trace.ttft_s = time.perf_counter() - trace.started
+            _read_usage(data, trace)
+            trace.status = response.status
+            return web.Response(
+                body=rename(data), status=response.status, content_type="application/json"
+            )
+        return await _relay_body(request, response, lease, trace)
     finally:
         # Closing (not releasing) an unfinished response drops the connection, which is how
         # the worker learns that nobody is listening any more.
-        upstream.close()
+        response.close()
+
+
+def _died(lease: Lease, trace: Trace, exc: BaseException) -> ApiError:
+    return ApiError(
+        502,
+        f"model {trace.model!r}: the worker failed mid-request ({_why(lease, exc)})",
+        code="worker_died",
+    )
+
+
+async def _relay_body(
+    request: web.Request, response: aiohttp.ClientResponse, lease: Lease, trace: Trace
+) -> web.StreamResponse:
+    """Pass a non-JSON body (audio, text) through as it arrives."""
+    headers = {
+        k: v
+        for k, v in response.headers.items()
+        if k in ("Content-Type", "Content-Disposition", "Content-Length")
+    }
+    try:
+        first = await response.content.readany()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise _died(lease, trace, exc) from exc
+    trace.ttft_s = time.perf_counter() - trace.started
+    resp = web.StreamResponse(status=response.status, headers=headers)
+    await resp.prepare(request)
+    trace.status = response.status
+    try:
+        chunk = first
+        while chunk:
+            await resp.write(chunk)
+            chunk = await response.content.readany()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        # Mid-body there is no way to signal an error in audio bytes: drop the connection so
+        # the client sees a truncated response instead of a short but "complete" one.
+        trace.status, trace.error = 502, f"the worker failed mid-body ({exc})"
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    await resp.write_eof()
+    return resp
 
 
 async def _relay_stream(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mlx_serve.config import ModelConfig, ModelType
 from mlx_serve.workers.base import LaunchContext, WorkerDriver
+from mlx_serve.workers.model_server_driver import ModelServerDriver
 from mlx_serve.workers.process import LaunchSpec
 from mlx_serve.workers.text import TextDriver
 
@@ -28,7 +29,12 @@ class UnavailableDriver(TextDriver):
 
 def default_drivers() -> dict[ModelType, WorkerDriver]:
     """The drivers of every model type, real where this installation supports it."""
-    drivers: dict[ModelType, WorkerDriver] = {ModelType.TEXT: TextDriver()}
+    drivers: dict[ModelType, WorkerDriver] = {
+        ModelType.TEXT: TextDriver(),
+        ModelType.EMBEDDING: ModelServerDriver("mlx_serve.workers.embedding_server"),
+        ModelType.TTS: ModelServerDriver("mlx_serve.workers.tts_server"),
+        ModelType.STT: ModelServerDriver("mlx_serve.workers.stt_server"),
+    }
     for model_type in ModelType:
         drivers.setdefault(
             model_type,

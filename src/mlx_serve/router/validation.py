@@ -1,0 +1,152 @@
+"""Checks of request bodies, per endpoint: the client's mistakes become 400s here, before a
+model is loaded for a request that could never succeed."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from mlx_serve.errors import ApiError
+
+#: Leading bytes of the image formats the vision processors decode.
+_IMAGE_MAGIC = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",  # JPEG
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",  # BMP
+    b"II*\x00",  # TIFF (little-endian)
+    b"MM\x00*",  # TIFF (big-endian)
+)
+
+
+def _positive_int(body: dict[str, Any], key: str) -> None:
+    value = body.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ApiError(400, f"'{key}' must be a positive integer", param=key)
+
+
+def _number(body: dict[str, Any], key: str) -> None:
+    value = body.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ApiError(400, f"'{key}' must be a number", param=key)
+
+
+def check_stream(body: dict[str, Any]) -> None:
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise ApiError(400, "'stream' must be true or false", param="stream")
+
+
+def check_chat(body: dict[str, Any]) -> None:
+    check_stream(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list", param="messages")
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        raise ApiError(400, "each message must be an object with a 'role'", param="messages")
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        _positive_int(body, key)
+    for key in ("temperature", "top_p"):
+        _number(body, key)
+
+
+def check_completion(body: dict[str, Any]) -> None:
+    check_stream(body)
+    if not isinstance(body.get("prompt"), str | list):
+        raise ApiError(400, "'prompt' must be a string or a list", param="prompt")
+    for key in ("max_tokens", "n"):
+        _positive_int(body, key)
+    for key in ("temperature", "top_p"):
+        _number(body, key)
+
+
+def check_embeddings(body: dict[str, Any]) -> None:
+    value = body.get("input")
+    if value is None:
+        raise ApiError(400, "'input' is required: a string or a list of strings", param="input")
+    if not isinstance(value, str | list):
+        raise ApiError(400, "'input' must be a string or a list", param="input")
+    if (isinstance(value, str) and not value) or (isinstance(value, list) and not value):
+        raise ApiError(400, "'input' must not be empty", param="input")
+    _positive_int(body, "dimensions")
+
+
+def check_speech(body: dict[str, Any]) -> None:
+    text = body.get("input")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "'input' must be a non-empty string: the text to speak", param="input")
+    for key in ("voice", "response_format"):
+        if key in body and not isinstance(body[key], str):
+            raise ApiError(400, f"'{key}' must be a string", param=key)
+    _number(body, "speed")
+
+
+def image_urls(messages: list[Any]) -> list[str]:
+    """Every ``image_url`` in OpenAI chat content parts (``{"url": ...}`` or a bare string)."""
+    urls: list[str] = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") not in ("image_url", "image"):
+                continue
+            ref = part.get("image_url", part.get("image"))
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            if not isinstance(url, str):
+                raise ApiError(400, "an image_url part needs a 'url' string", param="messages")
+            urls.append(url)
+    return urls
+
+
+def check_images(messages: list[Any], *, allow_remote: bool) -> None:
+    """Images must be base64 ``data:`` URLs of real images; http(s) only when allowed.
+
+    Anything else (a file path, ``file://``) is refused: it would make the worker read files
+    on the server's disk on a client's behalf.
+    """
+    for url in image_urls(messages):
+        lowered = url[:16].lower()
+        if lowered.startswith(("http://", "https://")):
+            if not allow_remote:
+                raise ApiError(
+                    400,
+                    "http(s) image URLs are disabled; send the image as a base64 data: URL "
+                    "(or set server.allow_remote_images: true)",
+                    param="messages",
+                    code="remote_image_disabled",
+                )
+            continue
+        if not lowered.startswith("data:"):
+            raise ApiError(
+                400,
+                "image_url must be a base64 data: URL (data:image/png;base64,...)",
+                param="messages",
+                code="invalid_image",
+            )
+        _check_data_url(url)
+
+
+def _check_data_url(url: str) -> None:
+    header, sep, data = url.partition(",")
+    if not sep or ";base64" not in header.lower():
+        raise ApiError(
+            400, "image data: URLs must be base64-encoded", param="messages", code="invalid_image"
+        )
+    try:
+        head = base64.b64decode(data[:64] + "=" * (-len(data[:64]) % 4), validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(
+            400, "the image data: URL is not valid base64", param="messages", code="invalid_image"
+        ) from exc
+    is_webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    if not (is_webp or head.startswith(_IMAGE_MAGIC)):
+        mime = header[5:].split(";")[0] or "unknown"
+        raise ApiError(
+            400,
+            f"the data: URL does not hold an image (declared {mime!r}; expected PNG, JPEG, "
+            "GIF, WebP, BMP or TIFF bytes)",
+            param="messages",
+            code="invalid_image",
+        )
