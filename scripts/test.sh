@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-install_into_venv "text,dev"
+install_into_venv "all,dev"
+ensure_ffmpeg
 
 echo "== ruff";  .venv/bin/ruff check src tests bench && .venv/bin/ruff format --check src tests bench
 echo "== mypy";  .venv/bin/mypy
