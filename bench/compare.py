@@ -4,10 +4,13 @@ Run with ``.venv/bin/python -m bench.compare [--quick] [--out bench/results]``.
 
 Every server is a real subprocess started the way a user starts it, serving the same two tiny
 random-weight llama models built locally by :mod:`mlx_serve.tiny_models` (nothing is
-downloaded). Targets run one after another, never at the same time: the machine has 2 cores.
+downloaded). Requests never overlap across targets (the machine has 2 cores): the warm
+metrics run with all servers up but idle except the one being asked (round-robin), the
+lifecycle metrics (cold start, swaps, bursts) run one target after another.
 
 - direct:     ``python -m mlx_lm server --model DIR`` (one process, one model)
-- mlx-serve:  ``.venv/bin/mlx-serve start --config models.yaml`` (this repo)
+- mlx-serve:  ``.venv/bin/mlx-serve start --config models.yaml`` (this repo: the working tree,
+              or ``--ref REV`` to measure a commit while others edit the tree)
 - 0.3.0:      ``bench/.venv-030/bin/mlx-serve start`` (the FastAPI-based mlx-serve from PyPI,
               installed into its own venv on first use with the same mlx-lm version)
 
@@ -21,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.metadata
+import io
 import json
 import math
 import os
@@ -31,16 +35,18 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -93,7 +99,7 @@ class Settings:
                 swap_runs=2,
                 concurrent_timeout=40.0,
             )
-        return cls(quick, ttft_requests=30, long_runs=5, cold_runs=3, swap_runs=4)
+        return cls(quick, ttft_requests=30, long_runs=5, cold_runs=5, swap_runs=6)
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -175,9 +181,11 @@ async def stream_chat(
     extra: dict[str, Any] | None = None,
     started: float | None = None,
     retry_connect_until: float | None = None,
+    exited: Callable[[], str | None] | None = None,
 ) -> StreamResult:
     """Stream one chat completion. ``started`` moves the clock's zero earlier (cold start of a
-    process); ``retry_connect_until`` retries refused connections until then (port not open)."""
+    process); ``retry_connect_until`` retries refused connections until then (port not open)
+    unless ``exited`` says why the server will never open it."""
     body: dict[str, Any] = {
         "model": model,
         "stream": True,
@@ -193,6 +201,8 @@ async def stream_chat(
         except aiohttp.ClientConnectorError as exc:
             if retry_connect_until is None or time.perf_counter() > retry_connect_until:
                 return failed(time.perf_counter() - t0, f"connect failed: {exc}")
+            if exited is not None and (why := exited()) is not None:
+                return failed(time.perf_counter() - t0, why)
             await asyncio.sleep(0.02)
 
 
@@ -286,10 +296,17 @@ def error_summary(results: Sequence[StreamResult], limit: int = 4) -> list[str]:
     return [f"{n}x {msg}" for msg, n in counts.most_common(limit)]
 
 
-async def wait_http_ok(session: aiohttp.ClientSession, url: str, timeout: float) -> float:
+async def wait_http_ok(
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout: float,
+    exited: Callable[[], str | None] | None = None,
+) -> float:
     """Poll ``url`` until it answers 200; the seconds it took."""
     t0 = time.perf_counter()
     while True:
+        if exited is not None and (why := exited()) is not None:
+            raise RuntimeError(why)
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
                 if resp.status == 200:
@@ -329,6 +346,7 @@ class Proc:
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd
         self.popen: subprocess.Popen[bytes] | None = None
+        self.stopped = False
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -351,9 +369,11 @@ class Proc:
         return None if self.popen is None else self.popen.pid
 
     def stop(self) -> None:
-        """SIGTERM the group, wait, SIGKILL whatever is left of the group. Idempotent."""
-        if self.popen is None:
+        """SIGTERM the group, wait, SIGKILL whatever is left of the group. Idempotent: once
+        stopped, its (possibly reused) pid is never signalled again."""
+        if self.popen is None or self.stopped:
             return
+        self.stopped = True
         pgid = self.popen.pid  # session leader: its pgid is its pid
         if self.popen.poll() is None:
             _signal_group(pgid, signal.SIGTERM)
@@ -385,11 +405,16 @@ def stop_all() -> None:
         proc.stop()
 
 
-def pid_alive(pid: int) -> bool:
+def _is_live_worker(pid: int) -> bool:
+    """Is ``pid`` still a live mlx_lm worker leading its own group (not a reused pid)?"""
     try:
-        with Path(f"/proc/{pid}/stat").open() as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
+        proc = psutil.Process(pid)
+        return (
+            proc.status() != psutil.STATUS_ZOMBIE
+            and os.getpgid(pid) == pid
+            and "mlx_lm" in " ".join(proc.cmdline())
+        )
+    except (psutil.Error, OSError):
         return False
 
 
@@ -401,8 +426,16 @@ class Server:
 
     kind: str = ""
 
-    def __init__(self, workdir: Path, logs: Path, models: dict[str, Path]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        logs: Path,
+        models: dict[str, Path],
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.extra_env = env or {}  # added to the server's environment (e.g. PYTHONPATH)
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.logs = logs
         self.models = models  # "a"/"b" -> model directory
         self.port = free_port()
@@ -423,23 +456,33 @@ class Server:
     async def start(self, session: aiohttp.ClientSession) -> float:
         """Spawn the process and wait until it answers /health; the seconds that took."""
         argv, env = self.command()
+        env = {**env, **self.extra_env}
         self.proc = Proc(self.kind, argv, self.logs / f"{self.kind}.log", env=env, cwd=self.workdir)
         self.proc.start()
         try:
-            return await wait_http_ok(session, self.url + "/health", HEALTH_TIMEOUT)
-        except TimeoutError as exc:
+            return await wait_http_ok(
+                session, self.url + "/health", HEALTH_TIMEOUT, exited=self.exited
+            )
+        except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"{exc}; log tail:\n{self.proc.log_tail()}") from exc
+
+    def exited(self) -> str | None:
+        """Why the server process is gone (with its log's last line), or None while it runs."""
+        if self.proc is None or self.proc.popen is None:
+            return None
+        code = self.proc.popen.poll()
+        if code is None:
+            return None
+        return f"the server exited with code {code}: {self.proc.log_tail(1)}"
 
     async def stop(self) -> list[int]:
         """Stop the server; the worker pids still alive afterwards (a leak), killed if so."""
         if self.proc is not None:
             await asyncio.to_thread(self.proc.stop)
             self.port = free_port()  # a restart gets a fresh port
-        leaked = [pid for pid in sorted(self.worker_pids) if pid_alive(pid)]
+        leaked = [pid for pid in sorted(self.worker_pids) if _is_live_worker(pid)]
         for pid in leaked:
-            with contextlib.suppress(OSError):
-                if os.getpgid(pid) == pid:  # workers are session leaders of their own group
-                    _signal_group(pid, signal.SIGKILL)
+            _signal_group(pid, signal.SIGKILL)  # workers lead their own process group
         return leaked
 
     async def unload(self, session: aiohttp.ClientSession) -> None:
@@ -449,6 +492,18 @@ class Server:
     async def counters(self, session: aiohttp.ClientSession) -> dict[str, int]:
         """Cumulative {"swaps": n, "loads": n} since the process started."""
         raise NotImplementedError
+
+
+def router_cpu_s(srv: Server) -> float | None:
+    """CPU seconds (user + system) the router process has used so far: its own, not its
+    workers' (mlx-serve's run in their own sessions, 0.3.0's are children, not counted)."""
+    if isinstance(srv, DirectServer) or srv.proc is None or srv.proc.pid is None:
+        return None  # direct mlx_lm has no router
+    try:
+        times = psutil.Process(srv.proc.pid).cpu_times()
+    except psutil.Error:
+        return None
+    return float(times.user + times.system)
 
 
 class DirectServer(Server):
@@ -475,6 +530,7 @@ class DirectServer(Server):
     def spawn(self) -> None:
         """Start without waiting (cold start is measured from here)."""
         argv, env = self.command()
+        env = {**env, **self.extra_env}
         self.proc = Proc(self.kind, argv, self.logs / f"{self.kind}.log", env=env, cwd=self.workdir)
         self.proc.start()
 
@@ -570,7 +626,9 @@ class LegacyServer(Server):
         for which, path in self.models.items():
             lines += [f"  - name: {self.model_id(which)}", "    type: text", f"    hf_path: {path}"]
         config.write_text("\n".join(lines) + "\n")
-        tmp = self.workdir / "tmp-030"  # it writes worker stderr to $TMPDIR/mlx-manager-logs
+        # It writes worker stderr to $TMPDIR/mlx-manager-logs. (mlx's CPU backend keeps its
+        # compiled-kernel cache under $TMPDIR too; the warm-up requests fill it first.)
+        tmp = self.workdir / "tmp-030"
         tmp.mkdir(exist_ok=True)
         argv = [
             str(LEGACY_VENV / "bin" / "mlx-serve"),
@@ -609,53 +667,109 @@ def _ok(results: Sequence[StreamResult]) -> list[StreamResult]:
     return [r for r in results if r.ok]
 
 
-async def phase_warm_ttft(
-    session: aiohttp.ClientSession, srv: Server, s: Settings
-) -> dict[str, Any]:
-    model = srv.model_id("a")
-    for _ in range(2):  # warm-up: model loaded, first-request compilation done
-        warm = await stream_chat(session, srv.url, model, max_tokens=s.ttft_max_tokens)
-        if not warm.ok:
-            raise RuntimeError(f"warm-up request failed: {warm.error}")
-    results = [
-        await stream_chat(session, srv.url, model, max_tokens=s.ttft_max_tokens)
-        for _ in range(s.ttft_requests)
-    ]
-    ok = _ok(results)
+def _warm_summary(ttft: Sequence[StreamResult], long: Sequence[StreamResult]) -> dict[str, Any]:
+    ok_ttft, ok_long = _ok(ttft), _ok(long)
     return {
-        "ttft_ms": summarize([r.ttft_s * 1000 for r in ok if r.ttft_s is not None]),
-        "total_ms": summarize([r.total_s * 1000 for r in ok]),
-        "successes": len(ok),
-        "requests": len(results),
-        "errors": error_summary(results),
+        "warm_ttft": {
+            "ttft_ms": summarize([r.ttft_s * 1000 for r in ok_ttft if r.ttft_s is not None]),
+            "total_ms": summarize([r.total_s * 1000 for r in ok_ttft]),
+            "successes": len(ok_ttft),
+            "requests": len(ttft),
+            "errors": error_summary(ttft),
+        },
+        "tps": {
+            "tokens_per_s": summarize(
+                [r.tokens_per_s for r in ok_long if r.tokens_per_s is not None]
+            ),
+            "e2e_tokens_per_s": summarize(
+                [r.e2e_tokens_per_s for r in ok_long if r.e2e_tokens_per_s is not None]
+            ),
+            "tokens": [r.tokens for r in ok_long],
+            "chunks": [r.chunks for r in ok_long],
+            "successes": len(ok_long),
+            "requests": len(long),
+            "errors": error_summary(long),
+        },
     }
 
 
-async def phase_tokens_per_s(
-    session: aiohttp.ClientSession, srv: Server, s: Settings
-) -> dict[str, Any]:
-    results = [
-        await stream_chat(
-            session,
-            srv.url,
-            srv.model_id("a"),
-            max_tokens=s.long_max_tokens,
-            extra={"stream_options": {"include_usage": True}},
-        )
-        for _ in range(s.long_runs)
-    ]
-    ok = _ok(results)
-    return {
-        "tokens_per_s": summarize([r.tokens_per_s for r in ok if r.tokens_per_s is not None]),
-        "e2e_tokens_per_s": summarize(
-            [r.e2e_tokens_per_s for r in ok if r.e2e_tokens_per_s is not None]
-        ),
-        "tokens": [r.tokens for r in ok],
-        "chunks": [r.chunks for r in ok],
-        "successes": len(ok),
-        "requests": len(results),
-        "errors": error_summary(results),
-    }
+async def run_warm_stage(ctx: Context, kinds: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Warm TTFT and tokens/s with every target's server up at once, measured round-robin.
+
+    Other work on the machine (this is a shared 2-core box) then slows every target alike
+    instead of whichever happened to be measured at the time. Idle servers cost ~no CPU.
+    """
+    s, session = ctx.settings, ctx.session
+    out: dict[str, dict[str, Any]] = {k: {} for k in kinds}
+    servers: dict[str, Server] = {}
+    try:
+        for kind in kinds:
+            srv = SERVER_CLASSES[kind](ctx.workdir / kind, ctx.logs, ctx.models, ctx.env(kind))
+            try:
+                # Direct: /health answers once the port is open; the model may still be loading.
+                out[kind]["startup_s"] = await srv.start(session)
+                for _ in range(2):  # warm-up: model loaded, first-request compilation done
+                    warm = await stream_chat(
+                        session, srv.url, srv.model_id("a"), max_tokens=s.ttft_max_tokens
+                    )
+                    if not warm.ok:
+                        raise RuntimeError(f"warm-up request failed: {warm.error}")
+            except Exception as exc:  # that target gets error cells; the others go on
+                error = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+                out[kind].update(warm_ttft=error, tps=error)
+                console.print(f"  [red]✗ {LABELS[kind]} warm-up: {exc}[/]")
+                await srv.stop()
+                continue
+            servers[kind] = srv
+        order = list(servers)
+        ttft: dict[str, list[StreamResult]] = {k: [] for k in order}
+        long: dict[str, list[StreamResult]] = {k: [] for k in order}
+        cpu = {k: [router_cpu_s(servers[k])] for k in order}
+        t0 = time.perf_counter()
+        for i in range(s.ttft_requests):
+            for kind in order[i % len(order) :] + order[: i % len(order)]:
+                srv = servers[kind]
+                ttft[kind].append(
+                    await stream_chat(
+                        session, srv.url, srv.model_id("a"), max_tokens=s.ttft_max_tokens
+                    )
+                )
+        console.print(f"  [green]✓[/] warm TTFT [dim]({time.perf_counter() - t0:.1f}s)[/]")
+        for k in order:
+            cpu[k].append(router_cpu_s(servers[k]))
+        t0 = time.perf_counter()
+        for i in range(s.long_runs):
+            for kind in order[i % len(order) :] + order[: i % len(order)]:
+                srv = servers[kind]
+                long[kind].append(
+                    await stream_chat(
+                        session,
+                        srv.url,
+                        srv.model_id("a"),
+                        max_tokens=s.long_max_tokens,
+                        extra={"stream_options": {"include_usage": True}},
+                    )
+                )
+        console.print(f"  [green]✓[/] streamed tokens/s [dim]({time.perf_counter() - t0:.1f}s)[/]")
+        for k in order:
+            cpu[k].append(router_cpu_s(servers[k]))
+        for kind in order:
+            out[kind].update(_warm_summary(ttft[kind], long[kind]))
+            c0, c1, c2 = cpu[kind]
+            if c0 is not None and c1 is not None and c2 is not None:
+                tokens = sum(r.tokens for r in long[kind] if r.ok)
+                out[kind]["router_cpu"] = {
+                    "per_request_ms": (c1 - c0) * 1000 / max(1, len(ttft[kind])),
+                    "per_1k_tokens_ms": (c2 - c1) * 1000 / max(1, tokens) * 1000,
+                }
+    finally:
+        for kind, srv in servers.items():
+            with contextlib.suppress(Exception):
+                await srv.counters(session)  # collect worker pids for the leak check
+            leaked = await srv.stop()
+            if leaked:
+                out[kind]["leaked_worker_pids_warm"] = leaked
+    return out
 
 
 async def phase_cold_router(
@@ -721,6 +835,7 @@ async def phase_concurrent(
                 max_tokens=s.ttft_max_tokens,
                 started=started,
                 retry_connect_until=retry_until,
+                exited=srv.exited,
             )
         )
         for m in models
@@ -761,18 +876,23 @@ async def guarded(
 
 @dataclass
 class Context:
+    """What every stage needs; ``envs`` adds environment variables per target."""
+
     settings: Settings
     workdir: Path
     logs: Path
     models: dict[str, Path]
     session: aiohttp.ClientSession
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def env(self, kind: str) -> dict[str, str]:
+        return self.envs.get(kind, {})
 
 
 async def run_direct(ctx: Context) -> dict[str, Any]:
     s, session = ctx.settings, ctx.session
     res: dict[str, Any] = {}
     workdir = ctx.workdir / DIRECT
-    workdir.mkdir()
 
     async def burst() -> dict[str, Any]:
         srv = DirectServer(workdir, ctx.logs, ctx.models)
@@ -807,6 +927,7 @@ async def run_direct(ctx: Context) -> dict[str, Any]:
                         max_tokens=s.ttft_max_tokens,
                         started=t0,
                         retry_connect_until=t0 + HEALTH_TIMEOUT,
+                        exited=srv.exited,
                     )
                 )
             ok = _ok(results)
@@ -819,11 +940,6 @@ async def run_direct(ctx: Context) -> dict[str, Any]:
             }
 
         await guarded(res, "cold", "cold start (spawn -> first token)", cold)
-        await srv.stop()
-        # /health answers once the port is open; the model may still load in its own thread.
-        res["startup_s"] = await srv.start(session)
-        await guarded(res, "warm_ttft", "warm TTFT", lambda: phase_warm_ttft(session, srv, s))
-        await guarded(res, "tps", "streamed tokens/s", lambda: phase_tokens_per_s(session, srv, s))
     finally:
         await srv.stop()
     return res
@@ -833,11 +949,10 @@ async def run_router(ctx: Context, cls: type[OursServer | LegacyServer]) -> dict
     s, session = ctx.settings, ctx.session
     res: dict[str, Any] = {}
     workdir = ctx.workdir / cls.kind
-    workdir.mkdir()
-    srv = cls(workdir, ctx.logs, ctx.models)
+    srv = cls(workdir, ctx.logs, ctx.models, ctx.env(cls.kind))
     leaked: list[int] = []
     try:
-        res["startup_s"] = await srv.start(session)
+        await srv.start(session)
 
         async def burst() -> dict[str, Any]:
             return await phase_concurrent(session, srv, s, models=[srv.model_id("a")] * s.burst)
@@ -846,8 +961,6 @@ async def run_router(ctx: Context, cls: type[OursServer | LegacyServer]) -> dict
         # A fresh server for the rest: whatever state the burst left does not leak into it.
         leaked += await srv.stop()
         await srv.start(session)
-        await guarded(res, "warm_ttft", "warm TTFT", lambda: phase_warm_ttft(session, srv, s))
-        await guarded(res, "tps", "streamed tokens/s", lambda: phase_tokens_per_s(session, srv, s))
         await guarded(res, "cold", "cold start", lambda: phase_cold_router(session, srv, s))
         await guarded(res, "swap", "swaps", lambda: phase_swaps(session, srv, s))
 
@@ -867,6 +980,76 @@ async def run_router(ctx: Context, cls: type[OursServer | LegacyServer]) -> dict
         res["log_trouble"] = srv.trouble()[:20]
     res["leaked_worker_pids"] = leaked
     return res
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout.strip()
+
+
+def describe_source(ref: str | None) -> str:
+    """Which mlx-serve code is measured: a commit, or the working tree (and whether dirty)."""
+    try:
+        if ref:
+            return f"git {ref} = {_git('rev-parse', '--short', ref)}"
+        dirty = " + uncommitted changes in src/" if _git("status", "--porcelain", "src") else ""
+        return f"working tree (HEAD {_git('rev-parse', '--short', 'HEAD')}{dirty})"
+    except (OSError, subprocess.SubprocessError):
+        return "working tree (not a git checkout?)"
+
+
+def export_ref(ref: str, dest: Path) -> Path:
+    """``src/`` as of ``ref`` (read with git archive) under ``dest``; PYTHONPATH for it.
+
+    Others may be editing the working tree while the benchmark runs; a commit holds still.
+    The editable install only appends the working tree's src/ to sys.path, so PYTHONPATH wins.
+    """
+    data = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", ref, "src"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+    src = dest / "src"
+    check = subprocess.run(
+        [sys.executable, "-c", "import mlx_serve; print(mlx_serve.__file__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        timeout=60,
+    )
+    if not check.stdout.strip().startswith(str(src)):
+        raise RuntimeError(f"PYTHONPATH={src} does not win over the installed mlx_serve: {check}")
+    return src
+
+
+def import_seconds(python: Path, runs: int) -> float | None:
+    """How long ``import mlx_lm.server`` takes in that interpreter (best of ``runs``): most of
+    a worker's start, so it explains cold start and swap times."""
+    best: float | None = None
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [str(python), "-c", "import mlx_lm.server"], capture_output=True, check=False
+        )
+        took = time.perf_counter() - t0
+        if done.returncode != 0:
+            return None
+        best = took if best is None else min(best, took)
+    return best
+
+
+SERVER_CLASSES: dict[str, type[Server]] = {
+    DIRECT: DirectServer,
+    OURS: OursServer,
+    LEGACY: LegacyServer,
+}
 
 
 def ensure_legacy_venv(install: bool, log_path: Path) -> str | None:
@@ -1028,11 +1211,17 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
 
     cold = _get(results, DIRECT, "cold", "cold_s", "median")
     floor = f"n/a (cold floor {_fmt(cold, 's')})" if isinstance(cold, float) else "n/a"
+    metric("Worker's `import mlx_lm.server` in its venv", "worker_import_s", (), "s")
     metric("Server spawn → /health OK", "startup_s", (), "s")
     metric("Warm TTFT, median", "warm_ttft", ("ttft_ms", "median"), "ms")
     metric("Warm TTFT, p95", "warm_ttft", ("ttft_ms", "p95"), "ms")
     metric("Streamed tok/s, request → last token", "tps", ("e2e_tokens_per_s", "median"), "tok/s")
     metric("Streamed tok/s, first → last token", "tps", ("tokens_per_s", "median"), "tok/s")
+    no_router = {DIRECT: "n/a (no router)"}
+    metric("Router CPU per warm request", "router_cpu", ("per_request_ms",), "ms", na=no_router)
+    metric(
+        "Router CPU per 1k streamed tokens", "router_cpu", ("per_1k_tokens_ms",), "ms", na=no_router
+    )
     metric("Cold start → first token, median", "cold", ("cold_s", "median"), "s")
     metric(
         "Swap A→B → first token, median",
@@ -1084,22 +1273,30 @@ def notes(results: dict[str, Any], skipped: dict[str, str], meta: dict[str, Any]
     for target, reason in skipped.items():
         out.append(f"**{LABELS[target]} was skipped:** {reason}")
     for target in (DIRECT, OURS, LEGACY):
+        seen: set[str] = set()
         for phase, data in (results.get(target) or {}).items():
-            if isinstance(data, dict):
-                if data.get("error"):
-                    out.append(f"{LABELS[target]} / {phase}: **error** {data['error']}")
-                elif data.get("errors"):
-                    out.append(
-                        f"{LABELS[target]} / {phase}: failed requests: " + "; ".join(data["errors"])
-                    )
-        leaked = _get(results, target, "leaked_worker_pids")
+            if not isinstance(data, dict) or str(data.get("error")) in seen:
+                continue
+            if data.get("error"):
+                seen.add(str(data["error"]))
+                out.append(f"{LABELS[target]} / {phase}: **error** {data['error']}")
+            elif data.get("errors"):
+                out.append(
+                    f"{LABELS[target]} / {phase}: failed requests: " + "; ".join(data["errors"])
+                )
+        leaked = [
+            *(_get(results, target, "leaked_worker_pids") or []),
+            *(_get(results, target, "leaked_worker_pids_warm") or []),
+        ]
         if leaked:
             out.append(f"{LABELS[target]}: worker processes alive after stop: {leaked}")
         trouble = _get(results, target, "log_trouble")
         if trouble:
             out.append(f"{LABELS[target]}: warnings/errors in its log: " + " | ".join(trouble[:5]))
     out.append(
-        "Direct mlx_lm has no router: its cold start and burst are timed from the process spawn"
+        "Warm TTFT and tokens/s are measured with all servers up at once, one request to each"
+        " in turn (round-robin), so background load on this shared machine hits them alike."
+        " Direct mlx_lm has no router: its cold start and burst are timed from the process spawn"
         " (requests retry until its port opens); its swap cells show its cold start as the floor"
         " a swap cannot beat. Routers are timed from the request, with the router already up."
     )
@@ -1108,6 +1305,7 @@ def notes(results: dict[str, Any], skipped: dict[str, str], meta: dict[str, Any]
         "Tokens per long generation: "
         + ", ".join(f"{LABELS[t]} {v}" for t, v in tokens.items() if v)
     )
+    out.append(f"mlx-serve (this repo) ran from: {meta['mlx_serve_source']}.")
     s = meta["settings"]
     out.append(
         f"Settings: {'quick' if s['quick'] else 'full'} run; warm TTFT over {s['ttft_requests']}"
@@ -1119,7 +1317,9 @@ def notes(results: dict[str, Any], skipped: dict[str, str], meta: dict[str, Any]
     out.append(
         f"Machine: {meta['machine']}; Python {meta['python']}; mlx {meta['mlx']},"
         f" mlx-lm {meta['mlx_lm']} (same in both venvs); models: two tiny random-weight llamas"
-        f" from mlx_serve.tiny_models; {meta['date']}; run took {meta['duration_s']:.0f} s."
+        f" from mlx_serve.tiny_models; {meta['date']}; run took {meta['duration_s']:.0f} s;"
+        f" 1-min load average before the run {meta['loadavg_1m_before']} (well above 0 means"
+        " other processes were sharing the 2 cores)."
     )
     return out
 
@@ -1177,6 +1377,7 @@ async def run(args: argparse.Namespace) -> int:
     logs = fresh_dir(out_dir / "logs")
     wanted = set(args.only.split(",")) if args.only else {DIRECT, OURS, LEGACY}
     started = time.perf_counter()
+    load_before = os.getloadavg()
     skipped: dict[str, str] = {}
     results: dict[str, Any] = {}
 
@@ -1190,6 +1391,16 @@ async def run(args: argparse.Namespace) -> int:
     for target in (DIRECT, OURS, LEGACY):
         if target not in wanted:
             skipped.setdefault(target, "not selected (--only)")
+    source = await asyncio.to_thread(describe_source, args.ref)
+    console.print(f"mlx-serve (this repo) runs from: {source}")
+    # Our worker and direct mlx_lm share .venv; 0.3.0 has its own venv (maybe other packages).
+    runs = 1 if args.quick else 2
+    import_s = {DIRECT: await asyncio.to_thread(import_seconds, Path(sys.executable), runs)}
+    import_s[OURS] = import_s[DIRECT]
+    if LEGACY not in skipped:
+        import_s[LEGACY] = await asyncio.to_thread(
+            import_seconds, LEGACY_VENV / "bin" / "python", runs
+        )
 
     with tempfile.TemporaryDirectory(prefix="mlx-serve-bench-") as tmp:
         workdir = Path(tmp)
@@ -1201,19 +1412,27 @@ async def run(args: argparse.Namespace) -> int:
         timeout = aiohttp.ClientTimeout(total=settings.request_timeout, sock_connect=10)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             ctx = Context(settings, workdir, logs, models, session)
+            if args.ref:
+                src = await asyncio.to_thread(export_ref, args.ref, workdir / "ours-src")
+                ctx.envs[OURS] = {"PYTHONPATH": str(src)}
             runners: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
                 DIRECT: lambda: run_direct(ctx),
                 OURS: lambda: run_router(ctx, OursServer),
                 LEGACY: lambda: run_router(ctx, LegacyServer),
             }
-            for target, runner in runners.items():
-                if target in skipped:
-                    continue
+            runner_for = runners.__getitem__
+            kinds = [k for k in runners if k not in skipped]
+            console.rule("warm: " + ", ".join(LABELS[k] for k in kinds) + " (round-robin)")
+            warm = await run_warm_stage(ctx, kinds)
+            for target in kinds:
                 console.rule(LABELS[target])
+                results[target] = {**warm[target], "worker_import_s": import_s.get(target)}
                 try:
-                    results[target] = await runner()
-                except Exception as exc:  # e.g. the server never came up: skip, say why
-                    skipped[target] = f"{type(exc).__name__}: {exc}"[:1500]
+                    results[target].update(await runner_for(target)())
+                except Exception as exc:  # e.g. the server never came up: say why in each cell
+                    error = {"error": f"{type(exc).__name__}: {exc}"[:1500]}
+                    for phase in ("burst", "cold", "swap", "interleaved"):
+                        results[target].setdefault(phase, error)
                     console.print(f"[bold red]{LABELS[target]} failed:[/] {exc}")
 
     meta = {
@@ -1224,6 +1443,8 @@ async def run(args: argparse.Namespace) -> int:
         "python": platform.python_version(),
         "mlx": importlib.metadata.version("mlx"),
         "mlx_lm": importlib.metadata.version("mlx-lm"),
+        "loadavg_1m_before": round(load_before[0], 2),
+        "mlx_serve_source": source,
     }
     rows = build_rows(results, skipped)
     note_lines = notes(results, skipped, meta)
@@ -1231,7 +1452,7 @@ async def run(args: argparse.Namespace) -> int:
     raw = {"meta": meta, "skipped": skipped, "results": results}
     write_outputs(out_dir, render_markdown(rows, note_lines), raw)
     console.print(f"\nwrote {out_dir / 'latest.md'} and {out_dir / 'latest.json'}")
-    return 0 if OURS in results else 1
+    return 1 if OURS in wanted and OURS not in results else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1249,6 +1470,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only", default="", help=f"comma-separated subset of {DIRECT},{OURS},{LEGACY}"
+    )
+    parser.add_argument(
+        "--ref",
+        default=None,
+        help="measure mlx-serve as of this git revision (e.g. HEAD) instead of the working tree",
     )
     parser.add_argument(
         "--no-install",
