@@ -9,7 +9,12 @@ import pytest
 
 from mlx_serve.errors import ApiError
 from mlx_serve.router.multipart import MultipartError, form_fields
-from mlx_serve.router.validation import check_embeddings, check_images, check_speech
+from mlx_serve.router.validation import (
+    check_embeddings,
+    check_images,
+    check_speech,
+    strip_fields,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
 
@@ -41,12 +46,37 @@ def test_real_image_data_urls_pass() -> None:
         ("file:///etc/passwd", "invalid_image"),
         ("/etc/passwd", "invalid_image"),
         ("https://example.invalid/cat.png", "remote_image_disabled"),
+        ("data:IMAGE/PNG;base64," + base64.b64encode(PNG).decode(), "invalid_image"),
+        (data_url(PNG, "text/plain").replace("data:text/plain", "data:image/png"), None),
     ],
 )
-def test_bad_images_are_400(url: str, code: str) -> None:
+def test_bad_images_are_400(url: str, code: str | None) -> None:
+    if code is None:  # control: the same bytes with the right prefix pass
+        check_images(msg(url), allow_remote=False)
+        return
     with pytest.raises(ApiError) as info:
         check_images(msg(url), allow_remote=False)
     assert info.value.status == 400 and info.value.code == code
+
+
+@pytest.mark.parametrize("kind", ["input_image", "image"])
+def test_other_image_part_shapes_are_checked(kind: str) -> None:
+    parts = [{"type": kind, kind: "/etc/passwd"}]
+    with pytest.raises(ApiError):
+        check_images([{"role": "user", "content": parts}], allow_remote=False)
+
+
+@pytest.mark.parametrize("kind", ["video_url", "input_audio", "input_video"])
+def test_video_and_audio_parts_are_refused(kind: str) -> None:
+    parts = [{"type": kind, kind: {"url": "https://example.invalid/x"}}]
+    with pytest.raises(ApiError) as info:
+        check_images([{"role": "user", "content": parts}], allow_remote=True)
+    assert info.value.code == "unsupported_content"
+
+
+def test_fields_that_would_reload_a_worker_are_stripped() -> None:
+    body = {"model": "m", "adapters": "/x", "adapter_path": "/y", "draft_model": "z", "top_p": 1}
+    assert strip_fields(body) == {"model": "m", "top_p": 1}
 
 
 def test_remote_images_when_enabled() -> None:

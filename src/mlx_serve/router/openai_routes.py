@@ -20,6 +20,7 @@ from mlx_serve.router.validation import (
     check_embeddings,
     check_images,
     check_speech,
+    strip_fields,
 )
 from mlx_serve.supervisor import QueueFull, ShuttingDown, Supervisor, WorkerStartError
 from mlx_serve.supervisor.states import WorkerState
@@ -187,7 +188,7 @@ async def proxy_json(request: web.Request, endpoint: str) -> web.StreamResponse:
     name = resolve_model(supervisor, body, endpoint)
     keep_alive = pop_keep_alive(body)
     worker = supervisor.workers[name]
-    body = {**worker.model.defaults, **body}  # the client's own values win
+    body = strip_fields({**worker.model.defaults, **body})  # the client's own values win
     JSON_CHECKS[endpoint](body)
     if worker.model.type is ModelType.VISION:
         check_images(body["messages"], allow_remote=supervisor.config.server.allow_remote_images)

@@ -82,17 +82,44 @@ def check_speech(body: dict[str, Any]) -> None:
     _number(body, "speed")
 
 
+#: Request fields that would make a worker load other weights (mlx_lm's ``adapters`` and
+#: ``draft_model``, mlx_vlm's ``adapter_path``) or size images beyond the model's own limits.
+#: They are removed before forwarding: a request must never change what a worker holds.
+STRIPPED_FIELDS = frozenset(
+    {"adapters", "adapter_path", "draft_model", "min_pixels", "max_pixels", "resize_shape"}
+)
+
+_IMAGE_PARTS = ("image_url", "image", "input_image")
+_MEDIA_PARTS = ("video_url", "video", "input_video", "input_audio", "audio", "audio_url")
+
+
+def strip_fields(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in STRIPPED_FIELDS}
+
+
 def image_urls(messages: list[Any]) -> list[str]:
-    """Every ``image_url`` in OpenAI chat content parts (``{"url": ...}`` or a bare string)."""
+    """Every image reference in OpenAI chat content parts (``{"url": ...}`` or a string).
+
+    Video and audio parts are refused: the vision worker would fetch or read them itself.
+    """
     urls: list[str] = []
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, list):
             continue
         for part in content:
-            if not isinstance(part, dict) or part.get("type") not in ("image_url", "image"):
+            if not isinstance(part, dict):
                 continue
-            ref = part.get("image_url", part.get("image"))
+            if part.get("type") in _MEDIA_PARTS:
+                raise ApiError(
+                    400,
+                    f"content parts of type {part.get('type')!r} are not supported; send images",
+                    param="messages",
+                    code="unsupported_content",
+                )
+            if part.get("type") not in _IMAGE_PARTS:
+                continue
+            ref = part.get(part["type"], part.get("image_url"))
             url = ref.get("url") if isinstance(ref, dict) else ref
             if not isinstance(url, str):
                 raise ApiError(400, "an image_url part needs a 'url' string", param="messages")
@@ -107,8 +134,7 @@ def check_images(messages: list[Any], *, allow_remote: bool) -> None:
     on the server's disk on a client's behalf.
     """
     for url in image_urls(messages):
-        lowered = url[:16].lower()
-        if lowered.startswith(("http://", "https://")):
+        if url[:8].lower().startswith(("http://", "https://")):
             if not allow_remote:
                 raise ApiError(
                     400,
@@ -118,10 +144,10 @@ def check_images(messages: list[Any], *, allow_remote: bool) -> None:
                     code="remote_image_disabled",
                 )
             continue
-        if not lowered.startswith("data:"):
+        if not url.startswith("data:image/"):  # mlx_vlm only decodes this exact prefix
             raise ApiError(
                 400,
-                "image_url must be a base64 data: URL (data:image/png;base64,...)",
+                "image_url must be a base64 data:image/... URL (data:image/png;base64,...)",
                 param="messages",
                 code="invalid_image",
             )

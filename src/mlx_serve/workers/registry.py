@@ -7,6 +7,7 @@ from mlx_serve.workers.base import LaunchContext, WorkerDriver
 from mlx_serve.workers.model_server_driver import ModelServerDriver
 from mlx_serve.workers.process import LaunchSpec
 from mlx_serve.workers.text import TextDriver
+from mlx_serve.workers.vision import VisionDriver
 
 
 class UnavailableDriver(TextDriver):
@@ -31,6 +32,7 @@ def default_drivers() -> dict[ModelType, WorkerDriver]:
     """The drivers of every model type, real where this installation supports it."""
     drivers: dict[ModelType, WorkerDriver] = {
         ModelType.TEXT: TextDriver(),
+        ModelType.VISION: VisionDriver(),
         ModelType.EMBEDDING: ModelServerDriver("mlx_serve.workers.embedding_server"),
         ModelType.TTS: ModelServerDriver("mlx_serve.workers.tts_server"),
         ModelType.STT: ModelServerDriver("mlx_serve.workers.stt_server"),
