@@ -9,50 +9,78 @@ noise: they have random weights.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
+import yaml
+from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from mlx_serve.config import load_config
 from mlx_serve.server import ServerHandle, serve
 from mlx_serve.tiny_models import build_text_model
+from mlx_serve.tiny_models.audio import build_stt_model, build_tts_model
+from mlx_serve.tiny_models.embedding import embedding_model_dir
+from mlx_serve.tiny_models.vision import build_vision_model
 
 console = Console()
 
-DEMO_MODELS = {"demo-llama-a": 1, "demo-llama-b": 2}  # name -> seed
+TEXT_MODELS = {"demo-llama-a": 1, "demo-llama-b": 2}  # name -> seed
 LABEL = "tiny random-weight demo model (output is noise)"
 
 
+def demo_models(models_dir: Path) -> dict[str, dict[str, Any]]:
+    """Build every demo model (cached) and return their models.yaml entries.
+
+    Two random-weight text models (to show swaps), a random-weight Qwen2-VL, TTS and Whisper,
+    and the real all-MiniLM-L6-v2 for embeddings (shipped by a PyPI package).
+    """
+    models: dict[str, dict[str, Any]] = {}
+    for name, seed in TEXT_MODELS.items():
+        models[name] = {
+            "type": "text",
+            "path": str(build_text_model(models_dir / name, seed=seed, label=LABEL)),
+            "aliases": [name.rsplit("-", 1)[1]],
+            "defaults": {"max_tokens": 48, "temperature": 0.0},
+        }
+    models["demo-vision"] = {
+        "type": "vision",
+        "path": str(build_vision_model(models_dir / "demo-vision")),
+        "defaults": {"max_tokens": 24},
+    }
+    models["minilm"] = {
+        "type": "embedding",
+        "path": str(embedding_model_dir()),
+        "aliases": ["text-embedding-3-small"],
+    }
+    models["demo-tts"] = {"type": "tts", "path": str(build_tts_model(models_dir / "demo-tts"))}
+    models["demo-whisper"] = {
+        "type": "stt",
+        "path": str(build_stt_model(models_dir / "demo-whisper")),
+        "aliases": ["whisper-1"],
+    }
+    return models
+
+
 def write_demo_config(workdir: Path, *, port: int) -> Path:
-    """Build the demo models (cached) and write a models.yaml that serves them."""
-    models_dir = workdir / "models"
-    lines = [
-        "# Written by `mlx-serve demo`: tiny random-weight models built locally.",
-        "server:",
-        f"  port: {port}",
-        "  idle_timeout: 10m",
-        f"  data_dir: {workdir / 'data'}",
-        "models:",
-    ]
-    for name, seed in DEMO_MODELS.items():
-        path = build_text_model(models_dir / name, seed=seed, label=LABEL)
-        lines += [
-            f"  {name}:",
-            "    type: text",
-            f"    path: {path}",
-            f"    aliases: [{name.rsplit('-', 1)[1]}]",
-            "    defaults: {max_tokens: 48, temperature: 0.0}",
-        ]
-    config = workdir / "models.yaml"
-    tmp = config.with_name(config.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(config)
-    return config
+    """Build the demo models and write a models.yaml that serves them."""
+    config = {
+        "server": {"port": port, "idle_timeout": "10m", "data_dir": str(workdir / "data")},
+        "models": demo_models(workdir / "models"),
+    }
+    path = workdir / "models.yaml"
+    tmp = path.with_name(path.name + ".tmp")
+    header = "# Written by `mlx-serve demo`: tiny models built locally (random weights).\n"
+    tmp.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    tmp.replace(path)  # never a half-written config
+    return path
 
 
 def run_demo(workdir: Path, *, port: int, exit_after: bool) -> int:
@@ -60,9 +88,7 @@ def run_demo(workdir: Path, *, port: int, exit_after: bool) -> int:
     console.rule("[bold]mlx-serve demo")
     started = time.perf_counter()
     config_path = write_demo_config(workdir, port=port)
-    console.print(
-        f"built {len(DEMO_MODELS)} models ({LABEL}) in {time.perf_counter() - started:.1f}s"
-    )
+    console.print(f"built the demo models ({LABEL}) in {time.perf_counter() - started:.1f}s")
     console.print(f"config: {config_path}")
     config = load_config(config_path)
     data_dir = config.server.data_dir or workdir / "data"
@@ -80,7 +106,7 @@ async def _serve_and_tour(config: Any, data_dir: Path, *, exit_after: bool) -> i
     handle = ready.result()
     code = 0
     try:
-        await tour(handle.url)
+        await tour(handle.url, data_dir)
     except Exception as exc:  # the demo reports any failure and exits non-zero
         console.print(f"[bold red]the tour failed:[/] {exc!r}")
         code = 1
@@ -92,9 +118,9 @@ async def _serve_and_tour(config: Any, data_dir: Path, *, exit_after: bool) -> i
     return code
 
 
-async def tour(url: str) -> None:
+async def tour(url: str, out_dir: Path) -> None:
     """Call every endpoint once and show what happened, swaps included."""
-    a, b = DEMO_MODELS
+    a, b = TEXT_MODELS
     async with aiohttp.ClientSession(base_url=url) as http:
         await _show_models(http, "configured models")
 
@@ -106,7 +132,7 @@ async def tour(url: str) -> None:
         )
 
         console.rule(f"streaming from {a}")
-        ttft, text = await _stream(http, a, "Tell me a story.")
+        ttft, _ = await _stream(http, a, "Tell me a story.")
         console.print(f"\n[dim]first token after {ttft * 1000:.1f} ms[/]")
 
         console.rule(f"swap: {a} -> {b}")
@@ -121,11 +147,77 @@ async def tour(url: str) -> None:
             _check(r.status, data)
             console.print(f"[green]a[/] (alias of {a}): {data['choices'][0]['text']!r}")
 
+        console.rule("vision: a generated picture as a data: URL")
+        t0 = time.perf_counter()
+        content = [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": _png_data_url()}},
+        ]
+        answer = await _chat(http, "demo-vision", content)
+        console.print(f"[green]demo-vision[/]: {answer!r}  [dim]({_since(t0)} incl. swap)[/]")
+
+        console.rule("embeddings (the real all-MiniLM-L6-v2)")
+        t0 = time.perf_counter()
+        words = ["cat", "kitten", "dog", "stock market"]
+        async with http.post("/v1/embeddings", json={"model": "minilm", "input": words}) as r:
+            data = await r.json()
+            _check(r.status, data)
+        vectors = np.array([d["embedding"] for d in data["data"]])
+        console.print(
+            f"[dim]{len(words)} x {vectors.shape[1]}-d vectors in {_since(t0)} incl. swap[/]"
+        )
+        table = Table(title="cosine similarity")
+        table.add_column("")
+        for w in words:
+            table.add_column(w, justify="right")
+        sims = vectors @ vectors.T
+        for i, w in enumerate(words):
+            table.add_row(w, *(f"{sims[i, j]:.2f}" for j in range(len(words))))
+        console.print(table)
+
+        console.rule("text to speech")
+        t0 = time.perf_counter()
+        speech = {"model": "demo-tts", "input": "Hello from mlx-serve.", "response_format": "wav"}
+        async with http.post("/v1/audio/speech", json=speech) as r:
+            audio = await r.read()
+            _check(r.status, audio[:200])
+        wav = out_dir / "demo-speech.wav"
+        wav.write_bytes(audio)
+        console.print(f"wrote {wav} ({len(audio)} bytes) in {_since(t0)} incl. swap")
+
+        console.rule("speech to text: that WAV, transcribed")
+        t0 = time.perf_counter()
+        form = aiohttp.FormData()
+        form.add_field("file", audio, filename="demo-speech.wav", content_type="audio/wav")
+        form.add_field("model", "whisper-1")
+        form.add_field("response_format", "verbose_json")
+        async with http.post("/v1/audio/transcriptions", data=form) as r:
+            data = await r.json()
+            _check(r.status, data)
+        heard = f"{data.get('duration', 0):.2f}s of audio, {_since(t0)} incl. swap"
+        console.print(f"[green]demo-whisper[/]: {data['text']!r} [dim]({heard})[/]")
+
         console.rule("a mistake gets an OpenAI-shaped error")
         async with http.post("/v1/chat/completions", json={"model": "nope", "messages": []}) as r:
             console.print(f"HTTP {r.status}: {(await r.json())['error']['message']}")
 
         await _show_models(http, "after the tour")
+
+
+def _since(t0: float) -> str:
+    return f"{time.perf_counter() - t0:.2f}s"
+
+
+def _png_data_url() -> str:
+
+    ramp = np.linspace(0, 255, 64, dtype=np.uint8)
+    pixels = np.stack(
+        [np.tile(ramp, (64, 1)), np.tile(ramp[:, None], (1, 64)), np.full((64, 64), 128, np.uint8)],
+        axis=-1,
+    )
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 async def _show_models(http: aiohttp.ClientSession, title: str) -> None:
@@ -144,7 +236,7 @@ def _check(status: int, data: Any) -> None:
         raise RuntimeError(f"HTTP {status}: {data}")
 
 
-async def _chat(http: aiohttp.ClientSession, model: str, prompt: str) -> str:
+async def _chat(http: aiohttp.ClientSession, model: str, prompt: str | list[Any]) -> str:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
     async with http.post("/v1/chat/completions", json=body) as r:
         data = await r.json()

@@ -58,7 +58,18 @@ MODEL_SERVER: web.AppKey[ModelServer[Any]] = web.AppKey("model_server", ModelSer
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """This process's peak resident set size since it exec'd.
+
+    On Linux this is ``VmHWM``: ``ru_maxrss`` survives ``execve`` and would report the peak of
+    the supervisor that forked us. macOS has no /proc; there ``ru_maxrss`` is in bytes.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:  # noqa: PTH123
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
