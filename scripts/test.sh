@@ -7,7 +7,7 @@ source scripts/_venv.sh
 install_into_venv "all,dev"
 ensure_ffmpeg
 
-echo "== ruff";  .venv/bin/ruff check src tests bench && .venv/bin/ruff format --check src tests bench
+echo "== ruff";  .venv/bin/ruff check --no-cache src tests bench && .venv/bin/ruff format --no-cache --check src tests bench
 echo "== mypy";  .venv/bin/mypy
 echo "== pytest"
 set +e

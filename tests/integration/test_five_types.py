@@ -18,10 +18,10 @@ import openai
 import psutil
 import pytest
 import soundfile
-from mlx_serve.tiny_models.audio import build_stt_model, build_tts_model
-from mlx_serve.tiny_models.embedding import embedding_model_dir
 
 from mlx_serve.supervisor.events import Event
+from mlx_serve.tiny_models.audio import build_stt_model, build_tts_model
+from mlx_serve.tiny_models.embedding import embedding_model_dir
 from mlx_serve.tiny_models.vision import build_vision_model
 from tests.conftest import eventually
 from tests.integration.conftest import Running, StartServer

@@ -313,3 +313,26 @@ async def test_max_loaded_models_two_keeps_both(make) -> None:  # type: ignore[n
     await h.sup.load("c")
     assert (h.state("a"), h.state("b"), h.state("c")) == (S.READY, S.STOPPED, S.READY)
     assert h.max_alive == 2
+
+
+async def test_unload_waits_for_in_flight_requests(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"])
+    release, task = await h.hold("a")
+    unload = asyncio.create_task(h.sup.unload("a"))
+    await eventually(lambda: h.state("a") is S.DRAINING, what="draining")
+    assert not unload.done()
+    release.set()
+    await task
+    await asyncio.wait_for(unload, 5)
+    assert h.state("a") is S.STOPPED
+    assert h.kinds("model.unloaded")[0]["reason"] == "unload"
+
+
+async def test_forced_unload_does_not_wait(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"])
+    release, task = await h.hold("a")
+    await asyncio.wait_for(h.sup.unload("a", force=True), 5)
+    assert h.state("a") is S.STOPPED
+    assert "force-unloaded" in (h.sup.workers["a"].last_error or "")
+    release.set()
+    await task

@@ -126,3 +126,12 @@ def test_deadlines_already_past_are_left_out() -> None:
         ModelView("b", S.STOPPED, waiting=1, oldest_wait=0),
     )
     assert next_deadline(v, LIMITS, now=100) is None
+
+
+def test_operator_unload_drains_then_stops_and_is_not_undone() -> None:
+    busy = ModelView("a", S.READY, inflight=1, unload_requested=True)
+    assert next_action(views(busy), LIMITS, now=0) == Drain("a", for_model="a")
+    draining = ModelView("a", S.DRAINING, inflight=1, unload_requested=True)
+    assert next_action(views(draining), LIMITS, now=0) is None  # no Undrain
+    done = ModelView("a", S.DRAINING, unload_requested=True)
+    assert next_action(views(done), LIMITS, now=0) == Stop("a", "unload")

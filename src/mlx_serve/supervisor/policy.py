@@ -27,6 +27,7 @@ class ModelView:
     last_used: float = 0.0  # when its last request ended (or it became ready)
     contended_admits: int = 0  # requests admitted while another model was waiting
     idle_timeout: float = 600.0  # negative: never unload when idle
+    unload_requested: bool = False  # an operator asked for it to be unloaded
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Start:
 @dataclass(frozen=True)
 class Stop:
     model: str
-    reason: str  # "idle" | "swap"
+    reason: str  # "idle" | "swap" | "unload"
     for_model: str | None = None  # the model this stop makes room for
 
 
@@ -82,12 +83,19 @@ def next_action(views: Mapping[str, ModelView], limits: Limits, now: float) -> A
     """
     if any(v.state in (S.STARTING, S.STOPPING) for v in views.values()):
         return None
+    # Explicit unloads first: drain, then stop once nothing is in flight.
+    for v in views.values():
+        if v.unload_requested and v.state in (S.READY, S.DRAINING):
+            if v.inflight == 0:
+                return Stop(v.name, "unload")
+            if v.state is S.READY:
+                return Drain(v.name, for_model=v.name)
     target = next_target(views)
 
     if target is None:
         # Whatever a drain was for has gone (its waiters left): admit again.
         for v in views.values():
-            if v.state is S.DRAINING:
+            if v.state is S.DRAINING and not v.unload_requested:
                 return Undrain(v.name)
         return _idle_stop(views, now)
 

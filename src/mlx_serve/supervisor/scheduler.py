@@ -68,6 +68,7 @@ class Scheduler:
         self._op: asyncio.Task[None] | None = None
         self._closed = False
         self._contended: dict[str, int] = {}
+        self._unloads: set[str] = set()  # operator unloads waiting for in-flight requests
         self.swaps = 0
 
     # ---------------------------------------------------------- request side
@@ -181,6 +182,18 @@ class Scheduler:
                 self._admit(worker)
                 waiter.future.set_result(None)
 
+    def request_unload(self, name: str) -> None:
+        """Unload ``name`` once its in-flight requests finish (queued ones will reload it)."""
+        self._unloads.add(name)
+        self.wake()
+
+    async def force_stop(self, name: str, reason: str) -> None:
+        """Stop ``name`` now, in-flight requests or not, serialized with every other op."""
+        while self._op is not None:
+            await asyncio.wait({self._op})
+        self._op = asyncio.get_running_loop().create_task(self._run_op(policy.Stop(name, reason)))
+        await asyncio.wait({self._op})
+
     async def _run_op(self, action: policy.Start | policy.Stop) -> None:
         try:
             worker = self.workers[action.model]
@@ -189,6 +202,7 @@ class Scheduler:
                     self.swaps += 1
                     self._events.emit("swap", action.model, to=action.for_model)
                 await worker.stop(action.reason)
+                self._unloads.discard(action.model)
             else:
                 self._contended.pop(action.model, None)
                 try:
@@ -222,6 +236,7 @@ class Scheduler:
                 last_used=worker.last_used,
                 contended_admits=self._contended.get(name, 0),
                 idle_timeout=worker.idle_timeout(),
+                unload_requested=name in self._unloads,
             )
             for name, worker in self.workers.items()
         }

@@ -155,6 +155,21 @@ class Supervisor:
         async with self.lease(name, keep_alive=keep_alive):
             pass
 
+    async def unload(self, name: str, *, force: bool = False) -> None:
+        """Unload ``name``: after its in-flight requests finish, or at once with ``force``
+        (their clients then get an error naming the forced unload). Returns when stopped."""
+        worker = self.workers[name]
+        if worker.state not in RESIDENT:
+            return
+        if force:
+            worker.last_error = "the model was force-unloaded by an operator"
+            await self.scheduler.force_stop(name, "unload (forced)")
+            return
+        self.scheduler.request_unload(name)
+        with self.events.subscribe() as queue:
+            while worker.state in RESIDENT:
+                await queue.get()
+
     # ----------------------------------------------------------------- views
 
     def loaded(self) -> list[str]:
