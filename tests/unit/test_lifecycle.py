@@ -336,3 +336,17 @@ async def test_forced_unload_does_not_wait(make) -> None:  # type: ignore[no-unt
     assert "force-unloaded" in (h.sup.workers["a"].last_error or "")
     release.set()
     await task
+
+
+async def test_a_bug_while_starting_fails_the_waiters_instead_of_stranding_them(make) -> None:  # type: ignore[no-untyped-def]
+    # Regression: an unexpected exception before the spawn (a missing module in the memory
+    # preflight) left the worker STARTING and its waiters waiting forever.
+    h = await make(["a"])
+
+    async def broken(_spec: object) -> None:
+        raise RuntimeError("boom")
+
+    h.launcher.launch = broken  # type: ignore[method-assign]
+    with pytest.raises(WorkerStartError, match="boom"):
+        await asyncio.wait_for(h.sup.load("a"), 5)
+    assert h.state("a") is S.FAILED

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from mlx_serve.errors import error_middleware
+from mlx_serve.observability.memory import watch_memory
+from mlx_serve.observability.prometheus import Metrics
+from mlx_serve.observability.request_stats import RequestStats
 from mlx_serve.router.auth import make_auth_middleware, resolve_api_key
-from mlx_serve.router.keys import HTTP, SUPERVISOR
+from mlx_serve.router.keys import HTTP, METRICS, STATS, SUPERVISOR
+from mlx_serve.router.management import add_routes as add_management_routes
 from mlx_serve.router.openai_routes import add_routes
 from mlx_serve.supervisor import Supervisor
+from mlx_serve.supervisor.events import Event
 
 #: Largest request body accepted (vision requests carry base64 images).
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -26,9 +33,34 @@ def make_app(supervisor: Supervisor) -> web.Application:
         middlewares.append(make_auth_middleware(api_key))  # inside: its 401 is rendered as JSON
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[SUPERVISOR] = supervisor
+    app[STATS] = RequestStats()
+    app[METRICS] = Metrics(supervisor)
     app.cleanup_ctx.append(_worker_session)
+    app.cleanup_ctx.append(_observability)
     add_routes(app)
+    add_management_routes(app)
     return app
+
+
+async def _observability(app: web.Application) -> AsyncIterator[None]:
+    """Attach the in-memory event sinks (stats, metrics) and the memory watcher; detach them
+    in reverse on shutdown. (The on-disk event log belongs to the server: it must outlive the
+    router to record the final unloads.)"""
+    supervisor = app[SUPERVISOR]
+    sinks: list[Callable[[Event], None]] = [app[STATS], app[METRICS]]
+    for sink in sinks:
+        supervisor.events.add_listener(sink)
+    watcher = asyncio.create_task(
+        watch_memory(supervisor.events.emit, supervisor.config.server.memory_warning)
+    )
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        for sink in reversed(sinks):
+            supervisor.events.remove_listener(sink)
 
 
 async def _worker_session(app: web.Application) -> AsyncIterator[None]:

@@ -17,8 +17,9 @@ from aiohttp.typedefs import Middleware
 from mlx_serve.errors import ApiError, Handler
 from mlx_serve.router.keys import SUPERVISOR
 
-#: Routes anyone may call: liveness checks by service managers and load balancers.
-OPEN_PATHS = frozenset({"/health"})
+#: Routes anyone may call: liveness checks by service managers and load balancers, and the
+#: dashboard page itself (static HTML with no data: it asks for the key, then calls the API).
+OPEN_PATHS = frozenset({"/health", "/", "/dashboard"})
 
 
 def resolve_api_key(configured: str | None) -> str | None:

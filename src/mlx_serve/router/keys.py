@@ -5,7 +5,11 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from mlx_serve.observability.prometheus import Metrics
+from mlx_serve.observability.request_stats import RequestStats
 from mlx_serve.supervisor import Supervisor
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 HTTP = web.AppKey("http", aiohttp.ClientSession)  # pooled connections to the workers
+STATS = web.AppKey("stats", RequestStats)
+METRICS = web.AppKey("metrics", Metrics)

@@ -158,6 +158,9 @@ async def _serve(
             503, str(exc), code="queue_full", headers={"Retry-After": RETRY_AFTER}
         ) from exc
     except WorkerStartError as exc:
+        if exc.code == "insufficient_memory":  # retrying will not help: 507, no Retry-After
+            trace.status, trace.error = 507, exc.reason
+            raise ApiError(507, str(exc), code=exc.code) from exc
         trace.status, trace.error = 503, exc.reason
         raise ApiError(
             503, str(exc), code="model_unavailable", headers={"Retry-After": RETRY_AFTER}

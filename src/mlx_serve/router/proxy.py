@@ -54,8 +54,13 @@ class Trace:
         if self.completion_tokens is None and self.chunks:
             self.completion_tokens = self.chunks
         tps = None
-        if self.completion_tokens and self.ttft_s is not None and total > self.ttft_s:
-            tps = self.completion_tokens / (total - self.ttft_s)
+        if self.completion_tokens and self.stream and self.ttft_s is not None:
+            # Streamed: decode speed, from the first token to the last.
+            if total > self.ttft_s:
+                tps = self.completion_tokens / (total - self.ttft_s)
+        elif self.completion_tokens and total > 0:
+            # Not streamed: the first byte is the whole answer, so only the overall rate exists.
+            tps = self.completion_tokens / total
         return {
             "endpoint": self.endpoint,
             "stream": self.stream,
@@ -169,7 +174,7 @@ async def forward(
             raise _upstream_error(response.status, await response.read(), trace.model)
         content_type = response.headers.get("Content-Type", "")
         if trace.stream and "text/event-stream" in content_type:
-            return await _relay_stream(request, response, rename, trace)
+            return await _relay_stream(request, response, lease, rename, trace)
         if content_type.startswith("application/json"):
             try:
                 data = await response.read()
@@ -232,6 +237,7 @@ async def _relay_body(
 async def _relay_stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
+    lease: Lease,
     rename: _ModelRenamer,
     trace: Trace,
 ) -> web.StreamResponse:
@@ -268,7 +274,7 @@ async def _relay_stream(
     except (TimeoutError, aiohttp.ClientError) as exc:
         error = ApiError(
             502,
-            f"model {trace.model!r}: the worker failed mid-stream ({exc})",
+            f"model {trace.model!r}: the worker failed mid-stream ({_why(lease, exc)})",
             code="worker_died",
         )
         trace.error = error.message

@@ -54,6 +54,10 @@ class EventBus:
         """Call ``listener`` synchronously for every event (metrics, file sinks)."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: Callable[[Event], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def recent(
         self, *, model: str | None = None, kind: str | None = None, since: float | None = None
     ) -> list[Event]:

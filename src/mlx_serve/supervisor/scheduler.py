@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from mlx_serve.supervisor.worker import ManagedWorker
 
 S = WorkerState
+log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -44,6 +46,7 @@ class _Waiter:
     model: str
     enqueued_at: float
     future: asyncio.Future[None] = field(repr=False)
+    count: bool = True  # counts as a request (a preload does not)
 
 
 class Scheduler:
@@ -81,7 +84,7 @@ class Scheduler:
     def waiting(self, model: str | None = None) -> int:
         return sum(1 for w in self._queue if model is None or w.model == model)
 
-    async def acquire(self, name: str) -> None:
+    async def acquire(self, name: str, *, count: bool = True) -> None:
         """Wait until ``name`` is READY and this request is admitted to it.
 
         Raises :class:`QueueFull`, :class:`ShuttingDown`, or the
@@ -96,11 +99,13 @@ class Scheduler:
             and not self.waiting(name)
             and self._contended.get(name, 0) < self.limits.fair_requests
         ):
-            self._admit(worker)
+            self._admit(worker, count=count)
             return
         if len(self._queue) >= self.queue_limit:
             raise QueueFull(self.queue_limit)
-        waiter = _Waiter(name, self._clock.now(), asyncio.get_running_loop().create_future())
+        waiter = _Waiter(
+            name, self._clock.now(), asyncio.get_running_loop().create_future(), count=count
+        )
         self._queue.append(waiter)
         self.wake()
         try:
@@ -124,9 +129,9 @@ class Scheduler:
         worker.last_used = self._clock.now()
         self.wake()
 
-    def _admit(self, worker: ManagedWorker) -> None:
+    def _admit(self, worker: ManagedWorker, *, count: bool = True) -> None:
         worker.inflight += 1
-        worker.requests_total += 1
+        worker.requests_total += count  # a preload holds the worker but is not a request
         if any(w.model != worker.name for w in self._queue):
             self._contended[worker.name] = self._contended.get(worker.name, 0) + 1
             self.wake()  # the fairness bound may now be reached
@@ -179,7 +184,7 @@ class Scheduler:
                 self._queue.remove(waiter)
             elif worker.state is S.READY:
                 self._queue.remove(waiter)
-                self._admit(worker)
+                self._admit(worker, count=waiter.count)
                 waiter.future.set_result(None)
 
     def request_unload(self, name: str) -> None:
@@ -208,12 +213,16 @@ class Scheduler:
                 try:
                     await worker.ensure_ready()
                 except WorkerStartError as exc:
-                    self._fail_waiters(action.model, exc)
+                    self.fail_waiters(action.model, exc)
+                except Exception as exc:
+                    # A bug must not strand the waiters: they get a 503 naming it.
+                    log.exception("starting %s failed", action.model)
+                    self.fail_waiters(action.model, WorkerStartError(action.model, repr(exc)))
         finally:
             self._op = None
             self.wake()
 
-    def _fail_waiters(self, name: str, exc: BaseException) -> None:
+    def fail_waiters(self, name: str, exc: BaseException) -> None:
         for waiter in list(self._queue):
             if waiter.model == name:
                 self._queue.remove(waiter)

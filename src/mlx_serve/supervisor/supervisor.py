@@ -13,17 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlx_serve.observability.memory import load_refusal, system_memory
 from mlx_serve.supervisor.clock import Clock, MonotonicClock
 from mlx_serve.supervisor.events import EventBus
 from mlx_serve.supervisor.policy import Limits
 from mlx_serve.supervisor.scheduler import Scheduler
 from mlx_serve.supervisor.states import RESIDENT
-from mlx_serve.supervisor.worker import ManagedWorker
+from mlx_serve.supervisor.worker import ManagedWorker, WorkerStartError
 from mlx_serve.workers.process import Launcher, SubprocessLauncher
 from mlx_serve.workers.registry import default_drivers
 
 if TYPE_CHECKING:
-    from mlx_serve.config import Config, ModelType
+    from mlx_serve.config import Config, ModelConfig, ModelType
     from mlx_serve.workers.base import WorkerDriver
 
 
@@ -65,17 +66,7 @@ class Supervisor:
         self.started_at = self.clock.wall()
         self.workers: dict[str, ManagedWorker] = {}
         for name, model in config.models.items():
-            self.workers[name] = ManagedWorker(
-                name,
-                model,
-                config.server,
-                driver=self._drivers[model.type],
-                launcher=self._launcher,
-                clock=self.clock,
-                events=self.events,
-                log_dir=data_dir / "logs",
-                on_change=self._on_worker_change,
-            )
+            self.add_worker(name, model)
         server = config.server
         self.scheduler = Scheduler(
             self.workers,
@@ -89,6 +80,46 @@ class Supervisor:
             events=self.events,
         )
         self._loop_task: asyncio.Task[None] | None = None
+        self.reload_lock = asyncio.Lock()  # one config reload at a time
+
+    def add_worker(self, name: str, model: ModelConfig) -> ManagedWorker:
+        """Manage a new model (stopped until a request needs it)."""
+        worker = ManagedWorker(
+            name,
+            model,
+            self.config.server,
+            driver=self._drivers[model.type],
+            launcher=self._launcher,
+            clock=self.clock,
+            events=self.events,
+            log_dir=self.data_dir / "logs",
+            on_change=self._on_worker_change,
+            preflight=self._memory_preflight,
+        )
+        self.workers[name] = worker
+        return worker
+
+    async def remove_worker(self, name: str) -> None:
+        """Stop managing ``name``: queued requests fail, in-flight ones finish, then it stops."""
+        self.scheduler.fail_waiters(
+            name, WorkerStartError(name, "the model was removed from the config")
+        )
+        await self.unload(name)
+        worker = self.workers.pop(name, None)
+        if worker is not None:
+            await worker.close()
+
+    def _memory_preflight(self, model: ModelConfig) -> str | None:
+        """Refuse a load whose weights clearly exceed the memory available now."""
+        if not self.config.server.memory_guard:
+            return None
+        try:
+            from mlx_serve.hub import estimated_size_bytes  # noqa: PLC0415 - only at load time
+
+            estimate = estimated_size_bytes(model.path)
+        except Exception:  # an estimate that fails must never block a load
+            return None
+        return load_refusal(estimate, system_memory().available_bytes)
 
     def _on_worker_change(self) -> None:
         # A crash or a finished start changes what the scheduler may do next.
@@ -132,15 +163,19 @@ class Supervisor:
         return self.config.resolve(name_or_alias)
 
     @contextlib.asynccontextmanager
-    async def lease(self, name: str, *, keep_alive: float | None = None) -> AsyncIterator[Lease]:
+    async def lease(
+        self, name: str, *, keep_alive: float | None = None, count: bool = True
+    ) -> AsyncIterator[Lease]:
         """Wait for ``name`` to be ready and hold it for the duration of one request.
 
         ``keep_alive`` (seconds; negative = forever, 0 = unload when idle) replaces the
         model's idle timeout for as long as this load lasts.
         """
-        worker = self.workers[name]
+        worker = self.workers.get(name)
+        if worker is None:  # removed by a config reload after the router resolved the name
+            raise WorkerStartError(name, "the model was removed from the config")
         queued_at = self.clock.now()
-        await self.scheduler.acquire(name)
+        await self.scheduler.acquire(name, count=count)
         try:
             if keep_alive is not None:
                 worker.keep_alive = keep_alive
@@ -152,7 +187,7 @@ class Supervisor:
 
     async def load(self, name: str, *, keep_alive: float | None = None) -> None:
         """Load ``name`` as a request would (queued, swapped in), then leave it idle."""
-        async with self.lease(name, keep_alive=keep_alive):
+        async with self.lease(name, keep_alive=keep_alive, count=False):
             pass
 
     async def unload(self, name: str, *, force: bool = False) -> None:

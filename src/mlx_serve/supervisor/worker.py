@@ -44,7 +44,7 @@ PROBE_INTERVAL = 0.02
 class WorkerStartError(Exception):
     """The worker could not be made ready; ``reason`` says why, ``log_tail`` shows its output."""
 
-    def __init__(self, name: str, reason: str, log_tail: str = "") -> None:
+    def __init__(self, name: str, reason: str, log_tail: str = "", *, code: str = "") -> None:
         message = f"model {name!r} failed to start: {reason}"
         if log_tail:
             message += f"\n--- last lines of its log ---\n{log_tail}"
@@ -52,6 +52,7 @@ class WorkerStartError(Exception):
         self.name = name
         self.reason = reason
         self.log_tail = log_tail
+        self.code = code  # "insufficient_memory" when the load guard refused it
 
 
 class ManagedWorker:
@@ -69,6 +70,7 @@ class ManagedWorker:
         events: EventBus,
         log_dir: Path,
         on_change: Callable[[], None] = lambda: None,
+        preflight: Callable[[ModelConfig], str | None] = lambda _model: None,
         host: str = "127.0.0.1",
     ) -> None:
         self.name = name
@@ -79,6 +81,7 @@ class ManagedWorker:
         self._clock = clock
         self._events = events
         self._on_change = on_change
+        self._preflight = preflight
         self._host = host
         self.log_path = log_dir / f"{_safe_filename(name)}.log"
 
@@ -88,6 +91,7 @@ class ManagedWorker:
         self.last_used = clock.now()
         self.loaded_at: float | None = None  # wall clock
         self.keep_alive: float | None = None  # per-load override from a request's keep_alive
+        self.pending_model: ModelConfig | None = None  # from a config reload; used at next start
         self.last_error: str | None = None
         self.exit_code: int | None = None
         self.port: int | None = None
@@ -148,8 +152,55 @@ class ManagedWorker:
             await self._start()
 
     async def _start(self) -> None:
+        if self.pending_model is not None:
+            self.model, self.pending_model = self.pending_model, None
+            self.slots = asyncio.Semaphore(
+                self.model.max_concurrency or self.server.max_concurrency
+            )
         self._change_state(S.STARTING)  # STOPPED/FAILED -> STARTING
         started = self._clock.now()
+        try:
+            details = await self._spawn_until_ready(started)
+        except WorkerStartError as exc:
+            if self.proc is not None:
+                await self._kill_group(self.proc)
+            self._fail(exc.reason, log_tail=exc.log_tail)
+            raise
+        except BaseException as exc:
+            # Cancelled (shutdown) or a bug: never leave a process or a STARTING state behind,
+            # or every request waiting for this model would wait forever.
+            if self.proc is not None:
+                await self._kill_group(self.proc)
+            if self.state is S.STARTING and isinstance(exc, Exception):
+                self._fail(f"internal error while starting: {exc!r}")  # STARTING -> FAILED
+                raise WorkerStartError(
+                    self.name, f"internal error while starting: {exc!r}"
+                ) from exc
+            if self.state is S.STARTING:
+                self._change_state(S.STOPPING, reason="start cancelled")  # STARTING -> STOPPING
+                self._change_state(S.STOPPED)  # STOPPING -> STOPPED
+            raise
+        assert self.proc is not None
+        self.loaded_at = self._clock.wall()
+        self.last_used = self._clock.now()
+        self.last_error = None
+        load_s = self._clock.now() - started
+        self._change_state(S.READY, pid=self.proc.pid, port=self.port)  # STARTING -> READY
+        self._events.emit(
+            "model.loaded",
+            self.name,
+            duration_s=round(load_s, 4),
+            pid=self.proc.pid,
+            type=self.model.type.value,
+            **details,
+        )
+
+    async def _spawn_until_ready(self, started: float) -> dict[str, Any]:
+        """Preflight, spawn, and wait for the model to answer; raise WorkerStartError."""
+        self.proc = None
+        refusal = self._preflight(self.model)
+        if refusal is not None:
+            raise WorkerStartError(self.name, refusal, code="insufficient_memory")
         self.port = free_port(self._host)
         self._exited = asyncio.Event()
         self.exit_code = None
@@ -168,36 +219,10 @@ class ManagedWorker:
                 log.write(f"\n=== mlx-serve: starting {self.name}: {' '.join(spec.argv)}\n")
             proc = await self._launcher.launch(spec)
         except OSError as exc:
-            self._fail(f"could not spawn the worker: {exc}")
             raise WorkerStartError(self.name, f"could not spawn the worker: {exc}") from exc
         self.proc = proc
         asyncio.get_running_loop().create_task(self._watch_exit(proc), name=f"watch-{self.name}")
-        try:
-            details = await self._wait_ready(proc, started)
-        except WorkerStartError as exc:
-            await self._kill_group(proc)
-            self._fail(exc.reason, log_tail=exc.log_tail)
-            raise
-        except BaseException:
-            # Cancelled (shutdown) or a bug: never leave the process behind.
-            await self._kill_group(proc)
-            if self.state is S.STARTING:
-                self._change_state(S.STOPPING, reason="start cancelled")  # STARTING -> STOPPING
-                self._change_state(S.STOPPED)  # STOPPING -> STOPPED
-            raise
-        self.loaded_at = self._clock.wall()
-        self.last_used = self._clock.now()
-        self.last_error = None
-        load_s = self._clock.now() - started
-        self._change_state(S.READY, pid=proc.pid, port=self.port)  # STARTING -> READY
-        self._events.emit(
-            "model.loaded",
-            self.name,
-            duration_s=round(load_s, 4),
-            pid=proc.pid,
-            type=self.model.type.value,
-            **details,
-        )
+        return await self._wait_ready(proc, started)
 
     async def _wait_ready(self, proc: WorkerProcess, started: float) -> dict[str, Any]:
         deadline = started + self.server.startup_timeout

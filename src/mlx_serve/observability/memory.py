@@ -1,0 +1,81 @@
+"""Memory: RSS of each worker's process tree, system availability, and the load guard.
+
+The load guard refuses a model whose weights on disk clearly exceed the memory available
+right now (after the swap freed what it could), instead of letting a laptop swap itself to
+death. "Clearly" leaves room for estimates being rough: weights are mapped, not copied, on
+Apple silicon, and the KV cache comes on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+
+def tree_rss_bytes(pid: int | None) -> int | None:
+    """Resident memory of ``pid`` and all its descendants; None if it is gone."""
+    if pid is None:
+        return None
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+def own_rss_bytes() -> int:
+    return int(psutil.Process().memory_info().rss)
+
+
+@dataclass(frozen=True)
+class SystemMemory:
+    total_bytes: int
+    available_bytes: int
+
+
+def system_memory() -> SystemMemory:
+    vm = psutil.virtual_memory()
+    return SystemMemory(total_bytes=int(vm.total), available_bytes=int(vm.available))
+
+
+#: A model is refused when its weights exceed this share of the available memory.
+LOAD_GUARD_RATIO = 1.0
+
+
+def load_refusal(estimated_bytes: int | None, available_bytes: int) -> str | None:
+    """Why a model of ``estimated_bytes`` must not be loaded now, or None if it may."""
+    if estimated_bytes is None or estimated_bytes <= available_bytes * LOAD_GUARD_RATIO:
+        return None
+    gib = 2**30
+    return (
+        f"the model's weights ({estimated_bytes / gib:.1f} GiB) exceed the memory available "
+        f"({available_bytes / gib:.1f} GiB); unload other programs or use a smaller model"
+    )
+
+
+async def watch_memory(
+    emit: Callable[..., object], warning_ratio: float, interval: float = 5.0
+) -> None:
+    """Emit ``memory.low`` when available memory drops below ``warning_ratio`` of the total,
+    once per crossing (and ``memory.ok`` when it recovers), so the log is not flooded."""
+    low = False
+    while True:
+        mem = system_memory()
+        now_low = mem.available_bytes < warning_ratio * mem.total_bytes
+        if now_low != low:
+            low = now_low
+            emit(
+                "memory.low" if low else "memory.ok",
+                available_bytes=mem.available_bytes,
+                total_bytes=mem.total_bytes,
+            )
+        await asyncio.sleep(interval)

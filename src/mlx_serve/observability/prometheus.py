@@ -1,0 +1,151 @@
+"""Prometheus metrics (``GET /metrics``), fed by supervisor events and sampled at scrape.
+
+Each app gets its own registry, so several servers in one process (tests) never share or
+collide on metric names. Counters and histograms move when events happen; gauges (loaded
+models, queue depth, worker memory) are read from the supervisor at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from mlx_serve.observability.memory import system_memory, tree_rss_bytes
+from mlx_serve.supervisor.events import Event
+from mlx_serve.supervisor.states import RESIDENT
+
+if TYPE_CHECKING:
+    from mlx_serve.supervisor import Supervisor
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_FAST = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_SLOW = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+
+class Metrics:
+    """The metric objects plus the event listener that moves them."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "mlx_serve_requests", "Requests answered, by model, endpoint and HTTP status.",
+            ["model", "endpoint", "status"], registry=r,
+        )  # fmt: skip
+        self.errors = Counter(
+            "mlx_serve_request_errors", "Requests that ended with an error status (>= 400).",
+            ["model", "endpoint"], registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "mlx_serve_time_to_first_token_seconds", "Time from request to first token/byte.",
+            ["model"], buckets=_FAST, registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "mlx_serve_request_duration_seconds", "Total request latency.",
+            ["model", "endpoint"], buckets=_SLOW, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "mlx_serve_queue_wait_seconds", "Time a request waited for admission (incl. swaps).",
+            ["model"], buckets=(*_FAST, 20, 30, 60, 120), registry=r,
+        )  # fmt: skip
+        self.load_duration = Histogram(
+            "mlx_serve_load_duration_seconds", "Worker start to model ready.",
+            ["model"], buckets=_SLOW, registry=r,
+        )  # fmt: skip
+        self.swap_duration = Histogram(
+            "mlx_serve_swap_duration_seconds", "Swap decided to the new model ready.",
+            buckets=_SLOW, registry=r,
+        )  # fmt: skip
+        self.swaps = Counter("mlx_serve_swaps", "Swaps (a model evicted for another).", registry=r)
+        self.loads = Counter("mlx_serve_loads", "Models loaded.", ["model"], registry=r)
+        self.unloads = Counter(
+            "mlx_serve_unloads", "Models unloaded, by reason.", ["model", "reason"], registry=r
+        )
+        self.crashes = Counter(
+            "mlx_serve_crashes", "Workers that died on their own.", ["model"], registry=r
+        )
+        self.tokens = Counter(
+            "mlx_serve_completion_tokens", "Completion tokens generated.", ["model"], registry=r
+        )
+        r.register(_Gauges(supervisor))
+        self._swap_started: dict[str, float] = {}  # target model -> swap start (wall)
+
+    def __call__(self, event: Event) -> None:
+        data, model = event.data, event.model or ""
+        if event.kind == "request":
+            self._request(model, data)
+        elif event.kind == "model.loaded":
+            self.loads.labels(model).inc()
+            if isinstance(data.get("duration_s"), int | float):
+                self.load_duration.labels(model).observe(data["duration_s"])
+            started = self._swap_started.pop(model, None)
+            if started is not None:
+                self.swap_duration.observe(max(0.0, event.ts - started))
+        elif event.kind == "model.unloaded":
+            self.unloads.labels(model, str(data.get("reason", ""))).inc()
+        elif event.kind == "swap":
+            self.swaps.inc()
+            self._swap_started[str(data.get("to", ""))] = event.ts
+        elif event.kind == "worker.crashed":
+            self.crashes.labels(model).inc()
+
+    def _request(self, model: str, data: dict[str, Any]) -> None:
+        endpoint = str(data.get("endpoint", ""))
+        status = data.get("status", 0)
+        self.requests.labels(model, endpoint, str(status)).inc()
+        if not isinstance(status, int) or status >= 400:
+            self.errors.labels(model, endpoint).inc()
+            return
+        for key, metric in (("ttft_s", self.ttft), ("queued_s", self.queue_wait)):
+            if isinstance(data.get(key), int | float):
+                metric.labels(model).observe(data[key])
+        if isinstance(data.get("latency_s"), int | float):
+            self.latency.labels(model, endpoint).observe(data["latency_s"])
+        if isinstance(data.get("completion_tokens"), int):
+            self.tokens.labels(model).inc(data["completion_tokens"])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Gauges(Collector):
+    """Values read at scrape time."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        sup = self._supervisor
+        loaded = GaugeMetricFamily("mlx_serve_loaded_models", "Models with a worker process.")
+        loaded.add_metric([], len(sup.loaded()))
+        yield loaded
+        queue = GaugeMetricFamily("mlx_serve_queue_depth", "Requests waiting for a model.")
+        queue.add_metric([], sup.scheduler.waiting())
+        yield queue
+        inflight = GaugeMetricFamily(
+            "mlx_serve_inflight_requests", "Admitted, unfinished.", labels=["model"]
+        )
+        rss = GaugeMetricFamily(
+            "mlx_serve_worker_rss_bytes",
+            "Resident memory of a worker's process tree.",
+            labels=["model"],
+        )
+        for name, worker in sup.workers.items():
+            inflight.add_metric([name], worker.inflight)
+            if worker.state in RESIDENT:
+                value = tree_rss_bytes(worker.pid)
+                if value is not None:
+                    rss.add_metric([name], value)
+        yield inflight
+        yield rss
+        mem = system_memory()
+        available = GaugeMetricFamily(
+            "mlx_serve_system_available_memory_bytes", "Available memory."
+        )
+        available.add_metric([], mem.available_bytes)
+        yield available

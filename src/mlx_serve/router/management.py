@@ -1,0 +1,352 @@
+"""The management API under ``/api/``: models, load/unload, show, delete, pull, events, stats,
+and ``/metrics``. Conventions follow Ollama where it has one (NDJSON progress for pulls,
+``keep_alive``), and every error is OpenAI-shaped JSON like the rest of the server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from mlx_serve import __version__
+from mlx_serve.errors import ApiError
+from mlx_serve.observability.memory import own_rss_bytes, system_memory, tree_rss_bytes
+from mlx_serve.observability.prometheus import CONTENT_TYPE
+from mlx_serve.router.keys import METRICS, STATS, SUPERVISOR
+from mlx_serve.router.openai_routes import pop_keep_alive, read_json_object
+from mlx_serve.supervisor import Supervisor, WorkerStartError
+from mlx_serve.supervisor.reload import reload_from_file
+from mlx_serve.supervisor.states import RESIDENT, WorkerState
+
+#: Seconds between SSE keep-alive comments on the event stream.
+PING_INTERVAL = 15.0
+
+_STATUS = {
+    WorkerState.STOPPED: "unloaded",
+    WorkerState.STARTING: "loading",
+    WorkerState.READY: "loaded",
+    WorkerState.DRAINING: "draining",
+    WorkerState.STOPPING: "unloading",
+    WorkerState.FAILED: "failed",
+}
+
+
+def _configured(request: web.Request) -> str:
+    """The configured model the URL names; 400 for names that look like paths, else 404."""
+    supervisor = request.app[SUPERVISOR]
+    raw = request.match_info["name"]
+    if raw.startswith(("/", "\\", "~")) or ".." in re.split(r"[/\\]", raw) or "\x00" in raw:
+        raise ApiError(400, f"invalid model name {raw!r}", code="invalid_model_name")
+    name = supervisor.resolve(raw)
+    if name is None:
+        available = ", ".join(sorted(supervisor.workers)) or "(none configured)"
+        raise ApiError(
+            404, f"model {raw!r} not found; available models: {available}", code="model_not_found"
+        )
+    return name
+
+
+def model_status(request: web.Request, name: str) -> dict[str, Any]:
+    """Everything the API and dashboard show about one configured model."""
+    supervisor = request.app[SUPERVISOR]
+    worker = supervisor.workers[name]
+    now_mono, now_wall = supervisor.clock.now(), supervisor.clock.wall()
+    resident = worker.state in RESIDENT
+    timeout = worker.idle_timeout()
+    expires_in: float | None = None
+    if worker.state is WorkerState.READY and timeout >= 0 and worker.inflight == 0:
+        expires_in = max(0.0, worker.last_used + timeout - now_mono)
+    last_used = None
+    if worker.requests_total:
+        last_used = round(now_wall - (now_mono - worker.last_used), 3)
+    return {
+        "name": name,
+        "type": worker.model.type.value,
+        "path": worker.model.path,
+        "aliases": list(worker.model.aliases),
+        "status": _STATUS[worker.state],
+        "error": worker.last_error if worker.state is WorkerState.FAILED else None,
+        "pid": worker.pid,
+        "port": worker.port if resident else None,
+        "rss_bytes": tree_rss_bytes(worker.pid) if resident else None,
+        "loaded_at": worker.loaded_at,
+        "last_used": last_used,
+        "idle_timeout_s": timeout,
+        "expires_in_s": None if expires_in is None else round(expires_in, 1),
+        "keep_alive_s": worker.keep_alive,
+        "requests": worker.requests_total,
+        "inflight": worker.inflight,
+        "waiting": supervisor.scheduler.waiting(name),
+        "metrics": request.app[STATS].summary(name),
+    }
+
+
+async def list_models(request: web.Request) -> web.Response:
+    names = list(request.app[SUPERVISOR].workers)
+    return web.json_response({"models": [model_status(request, n) for n in names]})
+
+
+async def show_model(request: web.Request) -> web.Response:
+    from mlx_serve import hub  # noqa: PLC0415 - huggingface_hub only when used
+
+    name = _configured(request)
+    worker = request.app[SUPERVISOR].workers[name]
+    details = await asyncio.to_thread(hub.show, worker.model.path)
+    config = worker.model.model_dump(mode="json")
+    return web.json_response({**model_status(request, name), "config": config, "details": details})
+
+
+async def load_model(request: web.Request) -> web.StreamResponse:
+    """Preload a model (as a request would, swapping if needed); ``?stream=true`` streams
+    NDJSON progress: queued -> loading -> loaded (or error)."""
+    name = _configured(request)
+    supervisor = request.app[SUPERVISOR]
+    body = await read_json_object(request) if request.can_read_body else {}
+    keep_alive = pop_keep_alive(body)
+    if request.query.get("stream", "").lower() not in ("1", "true", "yes"):
+        started = time.perf_counter()
+        await _load(supervisor, name, keep_alive)
+        return web.json_response(
+            {
+                "name": name,
+                "status": "loaded",
+                "duration_s": round(time.perf_counter() - started, 3),
+            }
+        )
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    with supervisor.events.subscribe() as queue:
+        task = asyncio.create_task(_load(supervisor, name, keep_alive))
+        await _ndjson(resp, {"status": "queued", "name": name})
+        try:
+            while not task.done():
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    event = getter.result()
+                    if event.model == name and event.kind == "worker.state":
+                        await _ndjson(
+                            resp, {"status": _STATUS[WorkerState(event.data["new"])], "name": name}
+                        )
+                else:
+                    getter.cancel()
+            task.result()
+            await _ndjson(resp, {"status": "success", "name": name})
+        except ApiError as exc:
+            await _ndjson(resp, {"status": "error", "error": exc.message, "code": exc.code})
+        finally:
+            task.cancel()
+    await resp.write_eof()
+    return resp
+
+
+async def _load(supervisor: Supervisor, name: str, keep_alive: float | None) -> None:
+    try:
+        await supervisor.load(name, keep_alive=keep_alive)
+    except WorkerStartError as exc:
+        status = 507 if exc.code == "insufficient_memory" else 503
+        raise ApiError(status, str(exc), code=exc.code or "model_unavailable") from exc
+
+
+async def unload_model(request: web.Request) -> web.Response:
+    name = _configured(request)
+    body = await read_json_object(request) if request.can_read_body else {}
+    force = (
+        request.query.get("force", "").lower() in ("1", "true", "yes") or body.get("force") is True
+    )
+    started = time.perf_counter()
+    await request.app[SUPERVISOR].unload(name, force=force)
+    took = round(time.perf_counter() - started, 3)
+    return web.json_response(
+        {"name": name, "status": "unloaded", "forced": force, "duration_s": took}
+    )
+
+
+async def delete_files(request: web.Request) -> web.Response:
+    """Delete a model's files: from the Hugging Face cache, or a local dir with ``?local=true``.
+    Refused while the model is loaded."""
+    from mlx_serve import hub  # noqa: PLC0415 - huggingface_hub only when used
+
+    name = _configured(request)
+    worker = request.app[SUPERVISOR].workers[name]
+    if worker.state in RESIDENT:
+        raise ApiError(409, f"model {name!r} is loaded; unload it first", code="model_loaded")
+    path = worker.model.path
+    local = path.startswith("/")  # the config resolved every local path to an absolute one
+    try:
+        if local:
+            if request.query.get("local", "").lower() not in ("1", "true", "yes"):
+                raise ApiError(
+                    400,
+                    f"model {name!r} is a local directory ({path}); add ?local=true to delete it",
+                    code="local_model",
+                )
+            freed = await asyncio.to_thread(hub.delete_local, Path(path))
+        else:
+            freed = await asyncio.to_thread(hub.delete_cached, path)
+    except hub.HubError as exc:
+        raise _hub_error(exc) from exc
+    request.app[SUPERVISOR].events.emit("model.deleted", name, path=path, freed_bytes=freed)
+    return web.json_response({"name": name, "deleted": path, "freed_bytes": freed})
+
+
+def _hub_error(exc: Exception) -> ApiError:
+    """A hub error as an API error; the hub module suggests the status (404, 409, 503...)."""
+    status = getattr(exc, "http_status", 400)
+    code = getattr(exc, "code", None) or type(exc).__name__
+    return ApiError(status if isinstance(status, int) else 400, str(exc), code=code)
+
+
+async def pull(request: web.Request) -> web.StreamResponse:
+    """Download a hub repo into the HF cache, streaming NDJSON progress; a client that
+    disconnects cancels the download (it resumes on the next pull)."""
+    from mlx_serve import hub  # noqa: PLC0415 - huggingface_hub only when used
+
+    body = await read_json_object(request)
+    repo = body.get("model") or body.get("name")
+    revision = body.get("revision")
+    if not isinstance(repo, str) or not repo:
+        raise ApiError(400, "'model' is required: a Hugging Face repo id", param="model")
+    if revision is not None and not isinstance(revision, str):
+        raise ApiError(400, "'revision' must be a string", param="revision")
+    supervisor = request.app[SUPERVISOR]
+    # aclosing: when the client disconnects (this handler is cancelled) the generator is
+    # closed at once, which kills the download process; the next pull resumes it.
+    async with contextlib.aclosing(hub.pull(repo, revision)) as progress:
+        try:
+            first = await anext(progress)  # request errors (bad id, unknown repo) come first
+        except hub.HubError as exc:
+            raise _hub_error(exc) from exc
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        supervisor.events.emit("model.pull", None, repo=repo, revision=revision, status="started")
+        try:
+            await _ndjson(resp, first)
+            async for item in progress:
+                await _ndjson(resp, item)
+            supervisor.events.emit("model.pull", None, repo=repo, status="success")
+        except hub.HubError as exc:
+            await _ndjson(
+                resp, {"status": "error", "error": str(exc), "code": getattr(exc, "code", None)}
+            )
+            supervisor.events.emit("model.pull", None, repo=repo, status="error", error=str(exc))
+    await resp.write_eof()
+    return resp
+
+
+async def _ndjson(resp: web.StreamResponse, item: dict[str, Any]) -> None:
+    await resp.write(json.dumps(item).encode() + b"\n")
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Recent events (``?model=&type=&since=&limit=``), or a live SSE stream with
+    ``?follow=true`` (after replaying the matching recent ones when ``since`` is given)."""
+    supervisor = request.app[SUPERVISOR]
+    q = request.query
+    model, kind = q.get("model") or None, q.get("type") or None
+    try:
+        since = float(q["since"]) if q.get("since") else None
+        limit = int(q.get("limit", "200"))
+    except ValueError as exc:
+        raise ApiError(400, "'since' must be a unix time and 'limit' an integer") from exc
+    recent = supervisor.events.recent(model=model, kind=kind, since=since)
+    recent = recent[len(recent) - max(limit, 0) :] if limit < len(recent) else recent
+    if q.get("follow", "").lower() not in ("1", "true", "yes"):
+        return web.json_response({"events": [e.to_json() for e in recent]})
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    with supervisor.events.subscribe() as queue:
+        await resp.prepare(request)
+        if since is not None:
+            for event in recent:
+                await resp.write(_sse(event.to_json()))
+        while True:
+            try:
+                async with asyncio.timeout(PING_INTERVAL):
+                    event = await queue.get()
+            except TimeoutError:
+                await resp.write(b": ping\n\n")
+                continue
+            if (model is None or event.model == model) and (
+                kind is None or event.kind == kind or event.kind.startswith(kind + ".")
+            ):
+                await resp.write(_sse(event.to_json()))
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, default=str).encode() + b"\n\n"
+
+
+async def stats(request: web.Request) -> web.Response:
+    supervisor = request.app[SUPERVISOR]
+    mem = system_memory()
+    models = [model_status(request, n) for n in supervisor.workers]
+    source = supervisor.config.source
+    return web.json_response(
+        {
+            "version": __version__,
+            "uptime_s": round(supervisor.clock.wall() - supervisor.started_at, 1),
+            "started_at": supervisor.started_at,
+            "config_path": str(source) if source else None,
+            "memory": {
+                "system_total_bytes": mem.total_bytes,
+                "system_available_bytes": mem.available_bytes,
+                "workers_rss_bytes": sum(m["rss_bytes"] or 0 for m in models),
+                "router_rss_bytes": own_rss_bytes(),
+            },
+            "queue": {"waiting": supervisor.scheduler.waiting()},
+            "models": models,
+            "events": [e.to_json() for e in supervisor.events.recent()[-50:]],
+        }
+    )
+
+
+async def reload(request: web.Request) -> web.Response:
+    """Re-read models.yaml now (as a file change or SIGHUP would) and say what changed."""
+    supervisor = request.app[SUPERVISOR]
+    path = supervisor.config.source
+    if path is None:
+        raise ApiError(400, "this server was not started from a config file", code="no_config_file")
+    result = await reload_from_file(supervisor, path, trigger="api")
+    return web.json_response(result, status=200 if result["status"] == "ok" else 422)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(request.app[METRICS].render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+_DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
+
+
+async def dashboard(_: web.Request) -> web.StreamResponse:
+    if not _DASHBOARD.exists():
+        raise ApiError(404, "the dashboard page is not installed", code="not_found")
+    return web.FileResponse(_DASHBOARD, headers={"Cache-Control": "no-cache"})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/models", list_models)
+    r.add_post("/api/models/{name:.+}/load", load_model)
+    r.add_post("/api/models/{name:.+}/unload", unload_model)
+    r.add_delete("/api/models/{name:.+}/files", delete_files)
+    r.add_get("/api/models/{name:.+}", show_model)
+    r.add_post("/api/pull", pull)
+    r.add_post("/api/reload", reload)
+    r.add_get("/api/events", events)
+    r.add_get("/api/stats", stats)
+    r.add_get("/metrics", metrics)
+    r.add_get("/", dashboard)
+    r.add_get("/dashboard", dashboard)

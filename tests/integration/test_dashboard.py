@@ -1,0 +1,777 @@
+"""The dashboard page in a real (headless) Chromium, driven over CDP by ``tests/browser.py``.
+
+The page is tested against a *target*: a server that speaks the management API contract
+(``GET /api/stats``, ``GET /api/events?follow=true``, ``POST /api/models/{name}/load|unload``)
+plus ``POST /v1/chat/completions``. Two targets exist:
+
+* ``stub``: :class:`StubServer` below, an aiohttp app implementing the contract with fake
+  models. It is a contract test of the page: it can fail loads, drop the event stream and name
+  models with ``/`` and ``:``, which a real server can't do on demand.
+* ``real``: the real mlx-serve with two tiny random-weight text models.
+
+Tests that only need the contract take ``start_target``; stub-only behaviours take ``stub``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+import mlx_serve
+from tests.browser import Browser, PageError, chromium_binary
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        chromium_binary() is None, reason="needs Chromium (apt-get install chromium)"
+    ),
+]
+
+DASHBOARD = Path(mlx_serve.__file__).parent / "router" / "static" / "dashboard.html"
+GiB = 1024**3
+#: Query string for tests: poll /api/stats every 0.25 s instead of every 2 s.
+FAST = "?poll=250"
+
+
+# ---------------------------------------------------------------------------- the stub server
+
+#: Supervisor state names (what ``worker.state`` events carry) -> the API's status names.
+API_STATUS = {
+    "stopped": "unloaded",
+    "starting": "loading",
+    "ready": "loaded",
+    "draining": "draining",
+    "stopping": "unloading",
+    "failed": "failed",
+}
+
+
+@dataclass
+class StubModel:
+    name: str
+    type: str
+    path: str
+    rss: int
+    aliases: list[str] = field(default_factory=list)
+    fails: str | None = None  # loading fails with this message
+    state: str = "stopped"
+    error: str | None = None
+    pid: int | None = None
+    port: int | None = None
+    loaded_at: float | None = None
+    last_used: float | None = None
+    keep_alive_s: float | None = None
+    inflight: int = 0
+    ttfts: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    speeds: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def status(self) -> str:
+        return API_STATUS[self.state]
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
+
+
+class StubServer:
+    """The management API contract over fake models; one loaded model at a time."""
+
+    IDLE_TIMEOUT = 600.0
+
+    def __init__(self, api_key: str | None = None, load_delay: float = 0.3) -> None:
+        self.api_key = api_key
+        self.load_delay = load_delay
+        self.started_at = time.time()
+        self.models = {
+            m.name: m
+            for m in [
+                StubModel(
+                    "qwen",
+                    "text",
+                    "mlx-community/Qwen2.5-0.5B-Instruct-4bit",
+                    int(0.62 * GiB),
+                    ["default"],
+                ),
+                StubModel(
+                    "mlx-community/Llama-3.2-1B-Instruct:4bit",
+                    "text",
+                    "mlx-community/Llama-3.2-1B-Instruct-4bit",
+                    int(1.31 * GiB),
+                    ["llama"],
+                ),
+                StubModel("qwen-vl", "vision", "mlx-community/Qwen2-VL-2B-Instruct-4bit", 2 * GiB),
+                StubModel("minilm", "embedding", "~/models/all-MiniLM-L6-v2", int(0.18 * GiB)),
+                StubModel("soprano", "tts", "ekwek/Soprano-80M", int(0.35 * GiB)),
+                StubModel("whisper", "stt", "mlx-community/whisper-tiny", int(0.25 * GiB)),
+                StubModel(
+                    "broken",
+                    "text",
+                    "~/models/missing",
+                    GiB,
+                    fails="not ready after startup_timeout=120s: config.json not found",
+                ),
+            ]
+        }
+        self.events: list[dict[str, Any]] = []
+        self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.stream_connections = 0
+        self.auth_failures = 0
+        self.url = ""
+        self._seq = 0
+        self._next_pid = 41000
+        self._lock = asyncio.Lock()
+        self._rng = random.Random(7)
+
+    # -------------------------------------------------------------- behaviour
+
+    def emit(self, kind: str, model: str | None = None, **data: Any) -> dict[str, Any]:
+        self._seq += 1
+        event = {"seq": self._seq, "ts": time.time(), "kind": kind, "model": model, **data}
+        self.events.append(event)
+        for queue in self.subscribers:
+            queue.put_nowait(event)
+        return event
+
+    def _state(self, m: StubModel, new: str, **data: Any) -> None:
+        old, m.state = m.state, new
+        self.emit("worker.state", m.name, old=old, new=new, **data)
+
+    async def load(self, m: StubModel, keep_alive: float | None = None) -> None:
+        """Load ``m`` (after unloading whatever else is loaded); raises on a failing model."""
+        async with self._lock:
+            if m.state == "ready":
+                return
+            for other in self.models.values():
+                if other.state == "ready":
+                    self.emit("swap", other.name, to=m.name)
+                    await self._unload(other, "swap")
+            self._state(m, "starting")
+            started = time.monotonic()
+            await asyncio.sleep(self.load_delay)
+            if m.fails:
+                m.error = m.fails
+                self._state(m, "failed", reason=m.fails)
+                raise web.HTTPServiceUnavailable(
+                    text=json.dumps(_error(f"model '{m.name}' failed to start: {m.fails}", 503)),
+                    content_type="application/json",
+                )
+            self._next_pid += 1
+            m.pid, m.port, m.error = self._next_pid, 50000 + self._next_pid % 1000, None
+            m.loaded_at = m.last_used = time.time()
+            m.keep_alive_s = keep_alive
+            self._state(m, "ready", pid=m.pid, port=m.port)
+            self.emit(
+                "model.loaded",
+                m.name,
+                duration_s=round(time.monotonic() - started, 4),
+                pid=m.pid,
+                type=m.type,
+            )
+
+    async def unload(self, m: StubModel, reason: str = "requested") -> None:
+        async with self._lock:
+            await self._unload(m, reason)
+
+    async def _unload(self, m: StubModel, reason: str) -> None:
+        if m.state != "ready":
+            return
+        self._state(m, "stopping", reason=reason)
+        await asyncio.sleep(self.load_delay / 3)
+        m.pid = m.port = m.loaded_at = m.keep_alive_s = None
+        self._state(m, "stopped", exit_code=0)
+        self.emit("model.unloaded", m.name, reason=reason, was="ready", duration_s=0.2)
+
+    async def drop_streams(self) -> None:
+        """End every open event stream cleanly (as a restarting server would)."""
+        for queue in list(self.subscribers):
+            queue.put_nowait(None)
+
+    def stats(self) -> dict[str, Any]:
+        now = time.time()
+        loaded = [m for m in self.models.values() if m.state == "ready"]
+        workers = sum(m.rss for m in loaded)
+        wobble = int(self._rng.uniform(-0.15, 0.15) * GiB)
+        return {
+            "version": "0.4.0.dev0",
+            "uptime_s": now - self.started_at,
+            "config_path": "/Users/dev/.mlx-serve/models.yaml",
+            "started_at": self.started_at,
+            "memory": {
+                "system_total_bytes": 32 * GiB,
+                "system_available_bytes": int(19.5 * GiB) - workers + wobble,
+                "workers_rss_bytes": workers,
+                "router_rss_bytes": 87 * 1024**2,
+            },
+            "queue": {"waiting": 0},
+            "models": [self._model_json(m, now) for m in self.models.values()],
+            "events": self.events[-50:],
+        }
+
+    def _model_json(self, m: StubModel, now: float) -> dict[str, Any]:
+        ready = m.state == "ready"
+        timeout = m.keep_alive_s if m.keep_alive_s is not None else self.IDLE_TIMEOUT
+        expires = None
+        if ready and timeout >= 0 and m.inflight == 0:
+            expires = max(0.0, (m.last_used or now) + timeout - now)
+        return {
+            "name": m.name,
+            "type": m.type,
+            "path": m.path,
+            "aliases": m.aliases,
+            "status": m.status,
+            "error": m.error,
+            "pid": m.pid,
+            "port": m.port,
+            "rss_bytes": m.rss if ready else None,
+            "loaded_at": m.loaded_at,
+            "last_used": m.last_used,
+            "idle_timeout_s": self.IDLE_TIMEOUT,
+            "expires_in_s": expires,
+            "keep_alive_s": m.keep_alive_s,
+            "requests": len(m.latencies),
+            "inflight": m.inflight,
+            "waiting": 0,
+            "metrics": {
+                "count": len(m.latencies),
+                "errors": m.errors,
+                "ttft_p50_s": _pct(m.ttfts, 0.5),
+                "ttft_p95_s": _pct(m.ttfts, 0.95),
+                "latency_p50_s": _pct(m.latencies, 0.5),
+                "latency_p95_s": _pct(m.latencies, 0.95),
+                "tokens_per_s_p50": _pct(m.speeds, 0.5),
+            },
+        }
+
+    def _find(self, name: str) -> StubModel:
+        for m in self.models.values():
+            if name == m.name or name in m.aliases:
+                return m
+        raise web.HTTPNotFound(
+            text=json.dumps(_error(f"model '{name}' not found", 404, "model_not_found")),
+            content_type="application/json",
+        )
+
+    # -------------------------------------------------------------- HTTP
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/", self._page)
+        app.router.add_get("/dashboard", self._page)
+        app.router.add_get("/api/stats", self._stats)
+        app.router.add_get("/api/events", self._events)
+        app.router.add_post("/api/models/{name:.+}/load", self._load)
+        app.router.add_post("/api/models/{name:.+}/unload", self._unload_route)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.on_shutdown.append(lambda _: self.drop_streams())
+        return app
+
+    @web.middleware
+    async def _auth(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self.api_key and request.path.startswith(("/api/", "/v1/")):
+            header = request.headers.get("Authorization", "")
+            if header != f"Bearer {self.api_key}":
+                self.auth_failures += 1
+                self.emit(
+                    "auth.failed", path=request.path, reason="wrong key" if header else "missing"
+                )
+                return web.json_response(
+                    _error("a valid API key is required", 401, "invalid_api_key"),
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
+
+    async def _page(self, _: web.Request) -> web.StreamResponse:
+        return web.FileResponse(DASHBOARD, headers={"Cache-Control": "no-cache"})
+
+    async def _stats(self, _: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.subscribers.add(queue)
+        self.stream_connections += 1
+        try:
+            await response.write(b": ping\n\n")
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), 15)
+                except TimeoutError:
+                    await response.write(b": ping\n\n")
+                    continue
+                if event is None:
+                    break
+                await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.subscribers.discard(queue)
+        return response
+
+    async def _load(self, request: web.Request) -> web.Response:
+        m = self._find(request.match_info["name"])
+        body = await request.json() if request.can_read_body else {}
+        keep = body.get("keep_alive")
+        await self.load(m, None if keep is None else float(keep))
+        return web.json_response({"name": m.name, "status": m.status})
+
+    async def _unload_route(self, request: web.Request) -> web.Response:
+        m = self._find(request.match_info["name"])
+        await self.unload(m)
+        return web.json_response({"name": m.name, "status": m.status})
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name = await self.chat(body["model"], stream=bool(body.get("stream")))
+        message = {"role": "assistant", "content": "stub"}
+        return web.json_response(
+            {"object": "chat.completion", "model": name, "choices": [{"message": message}]}
+        )
+
+    async def chat(self, model: str, *, stream: bool = False) -> str:
+        """Serve one fake chat request for ``model`` (a name or an alias): load, record, log."""
+        m = self._find(model)
+        await self.load(m)
+        m.inflight += 1
+        slow = 2 if m.type == "vision" else 1
+        ttft = self._rng.uniform(0.04, 0.25) * slow
+        tokens = self._rng.randint(16, 96)
+        speed = self._rng.uniform(38, 72) / slow
+        latency = ttft + tokens / speed
+        m.inflight -= 1
+        m.last_used = time.time()
+        m.ttfts.append(ttft)
+        m.latencies.append(latency)
+        m.speeds.append(speed)
+        self.emit(
+            "request",
+            m.name,
+            endpoint="/v1/chat/completions",
+            stream=stream,
+            status=200,
+            queued_s=0.0,
+            ttft_s=round(ttft, 4),
+            latency_s=round(latency, 4),
+            prompt_tokens=12,
+            completion_tokens=tokens,
+            tokens_per_s=round(speed, 2),
+            retries=0,
+            error=None,
+        )
+        return m.name
+
+
+def _error(message: str, status: int, code: str | None = None) -> dict[str, Any]:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    """What a test needs from a server: where it is and how to send it a request."""
+
+    url: str
+    api_key: str | None
+    models: list[str]  # every configured model, in the API's order
+    requested: str  # the model the test makes a chat request to (its row)
+    request_as: str  # the name that request uses (may be an alias)
+    clicked: str  # a model the test loads and unloads with the buttons
+    http: aiohttp.ClientSession
+    load_timeout: float = 10.0
+
+    async def chat(self, model: str) -> int:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        body = {"model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+        async with self.http.post(
+            f"{self.url}/v1/chat/completions", json=body, headers=headers
+        ) as response:
+            await response.read()
+            return response.status
+
+
+StartTarget = Callable[..., Awaitable[Target]]
+
+
+@pytest.fixture
+async def stub_factory() -> AsyncIterator[Callable[..., Awaitable[StubServer]]]:
+    """Factory: ``await stub_factory(api_key=...)`` -> a running :class:`StubServer`."""
+    runners: list[web.AppRunner] = []
+
+    async def start(api_key: str | None = None) -> StubServer:
+        server = StubServer(api_key)
+        runner = web.AppRunner(server.app(), shutdown_timeout=2)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        server.url = f"http://{host}:{port}"
+        runners.append(runner)
+        return server
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def stub(stub_factory: Callable[..., Awaitable[StubServer]]) -> StubServer:
+    return await stub_factory()
+
+
+@pytest.fixture(params=["stub", "real"])
+async def start_target(
+    request: pytest.FixtureRequest,
+    stub_factory: Callable[..., Awaitable[StubServer]],
+    start_server: Callable[..., Awaitable[Any]],
+    tmp_path: Path,
+) -> AsyncIterator[StartTarget]:
+    """Factory: ``await start_target(api_key=None)`` -> a :class:`Target` (stub or real)."""
+    async with aiohttp.ClientSession() as http:
+        if request.param == "stub":
+
+            async def start(api_key: str | None = None) -> Target:
+                server = await stub_factory(api_key)
+                return Target(
+                    server.url,
+                    api_key,
+                    list(server.models),
+                    requested="qwen",
+                    request_as="default",  # an alias
+                    clicked="mlx-community/Llama-3.2-1B-Instruct:4bit",
+                    http=http,
+                )
+
+            yield start
+            return
+
+        async def start_real(api_key: str | None = None) -> Target:
+            from mlx_serve.tiny_models import build_text_model
+
+            models = {
+                name: {"path": str(build_text_model(tmp_path / name, seed=seed))}
+                for seed, name in enumerate(["tiny-a", "tiny-b"], 1)
+            }
+            settings = {"api_key": api_key} if api_key else {}
+            running = await start_server(models=models, **settings)
+            return Target(
+                running.url,
+                api_key,
+                ["tiny-a", "tiny-b"],
+                requested="tiny-a",
+                request_as="tiny-a",
+                clicked="tiny-b",
+                http=http,
+                load_timeout=60.0,
+            )
+
+        yield start_real
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with Browser.launch() as b:
+        yield b
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def q(value: str) -> str:
+    """A JavaScript string literal."""
+    return json.dumps(value)
+
+
+def row(name: str) -> str:
+    """JS expression: the table row of model ``name`` (CSS.escape copes with / and :)."""
+    return f"document.querySelector('tr.model[data-model=\"' + CSS.escape({q(name)}) + '\"]')"
+
+
+async def status_of(browser: Browser, name: str) -> str | None:
+    value = await browser.evaluate(f"{row(name)}?.dataset.status ?? null")
+    return None if value is None else str(value)
+
+
+async def wait_status(browser: Browser, name: str, status: str, timeout: float = 10.0) -> None:
+    await browser.wait_for(
+        f"{row(name)}?.dataset.status === {q(status)}", timeout, what=f"{name} to be {status}"
+    )
+
+
+async def click(browser: Browser, name: str, action: str) -> None:
+    await browser.wait_for(
+        f"!{row(name)}.querySelector('button[data-action={action}]').disabled",
+        what=f"the {action} button of {name} to be enabled",
+    )
+    await browser.evaluate(f"{row(name)}.querySelector('button[data-action={action}]').click()")
+
+
+async def wait_event(browser: Browser, kind: str, model: str | None = None) -> None:
+    model_check = f" && li.querySelector('.ev-model').textContent === {q(model)}" if model else ""
+    await browser.wait_for(
+        f"[...document.querySelectorAll('#events li[data-kind={q(kind)}]')]"
+        f".some((li) => !li.hidden{model_check})",
+        what=f"a {kind} event{f' of {model}' if model else ''} in the log",
+    )
+
+
+async def set_filter(browser: Browser, text: str) -> None:
+    await browser.evaluate(
+        f"{{ const f = document.getElementById('log-filter'); f.value = {q(text)};"
+        " f.dispatchEvent(new Event('input')); }"
+    )
+
+
+def unexpected(errors: list[PageError], *allowed_statuses: int) -> list[str]:
+    """The page's errors, without the browser's own log lines for HTTP errors it expected
+    (Chromium logs every 4xx/5xx answer as "Failed to load resource", handled or not)."""
+    return [
+        str(e)
+        for e in errors
+        if not (
+            e.source == "network"
+            and any(f"status of {status} " in e.text for status in allowed_statuses)
+        )
+    ]
+
+
+async def settle(browser: Browser) -> None:
+    """Wait for one-shot animations (new-row highlights, color transitions after a theme
+    switch) to end, for stable screenshots. Spinners loop forever and bars glide to each new
+    sample: those don't count."""
+    await browser.wait_for(
+        "document.getAnimations().every(a => a.playState !== 'running'"
+        " || a.effect.getComputedTiming().iterations === Infinity"
+        " || (a instanceof CSSTransition && a.transitionProperty === 'width'))",
+        what="animations to finish",
+    )
+
+
+def check_png(path: Path, min_bytes: int = 20_000) -> tuple[int, int]:
+    """Assert ``path`` is a real, non-trivial PNG; return its size in pixels."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width >= 1000 and height >= 600, (width, height)
+    assert len(data) > min_bytes, f"suspiciously small screenshot: {len(data)} bytes"
+    return width, height
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+async def test_dashboard_follows_the_server(
+    start_target: StartTarget, browser: Browser, tmp_path: Path
+) -> None:
+    target = await start_target()
+    await browser.navigate(f"{target.url}/dashboard{FAST}")
+
+    # Every configured model, in order, all unloaded; the header is filled; the stream is live.
+    await browser.wait_for(
+        f"document.querySelectorAll('tr.model').length === {len(target.models)}",
+        what="one row per model",
+    )
+    names = await browser.evaluate(
+        "[...document.querySelectorAll('tr.model')].map(r => r.dataset.model)"
+    )
+    assert names == target.models
+    assert (await browser.evaluate("document.getElementById('version').textContent")).startswith(
+        "v"
+    )
+    await browser.wait_for("document.getElementById('conn').dataset.state === 'live'", what="live")
+
+    # A request through the OpenAI API: its model shows as loaded, the request is logged.
+    assert await target.chat(target.request_as) == 200
+    requested = target.requested
+    await wait_status(browser, requested, "loaded", target.load_timeout)
+    await wait_event(browser, "model.loaded", requested)
+    await wait_event(browser, "request", requested)
+    await browser.wait_for(
+        f"{row(requested)}.querySelector('td:nth-child(8)').textContent.startsWith('1')",
+        what="the request count",
+    )
+
+    # The Load button: a spinner while it runs, then loaded.
+    await click(browser, target.clicked, "load")
+    await browser.wait_for(
+        f"{row(target.clicked)}.querySelector('button[data-action=load]')"
+        ".getAttribute('aria-busy') === 'true' || "
+        f"{row(target.clicked)}.dataset.status === 'loaded'",
+        what="the load spinner",
+    )
+    await wait_status(browser, target.clicked, "loaded", target.load_timeout)
+    await wait_event(browser, "model.loaded", target.clicked)
+    assert await browser.evaluate(
+        f"{row(target.clicked)}.querySelector('button[data-action=load]').disabled"
+    )
+    # The Unload button.
+    await click(browser, target.clicked, "unload")
+    await wait_status(browser, target.clicked, "unloaded", target.load_timeout)
+    await wait_event(browser, "model.unloaded", target.clicked)
+    await browser.wait_for(
+        f"!{row(target.clicked)}.querySelector('button[data-action=load]').disabled",
+        what="Load to be enabled again",
+    )
+
+    # Every button has an accessible name.
+    assert await browser.evaluate(
+        "[...document.querySelectorAll('button')]"
+        ".every(b => (b.getAttribute('aria-label') || b.textContent).trim().length > 0)"
+    )
+
+    # Let the memory chart collect a few samples, then take the picture.
+    await browser.wait_for("window.mlxServeDashboard.samples.length >= 3", what="samples")
+    await settle(browser)
+    shot = await browser.screenshot(tmp_path / "dashboard.png", full_page=True)
+    check_png(shot)
+    assert unexpected(browser.errors) == []
+
+
+async def test_api_key_is_asked_for_and_remembered(
+    start_target: StartTarget, browser: Browser
+) -> None:
+    target = await start_target(api_key="s3cret-key")
+    await browser.navigate(f"{target.url}/dashboard{FAST}")
+
+    # 401 -> the key dialog opens; nothing is shown.
+    await browser.wait_for("document.getElementById('key-dialog').open", what="the key dialog")
+    assert await browser.evaluate("document.querySelectorAll('tr.model').length") == 0
+    assert await browser.evaluate("document.getElementById('conn').dataset.state") == "locked"
+
+    # A wrong key typed into the dialog is rejected: the dialog comes back and says so.
+    await browser.evaluate(
+        "document.getElementById('key-input').value = 'wrong';"
+        "document.getElementById('key-form').requestSubmit()"
+    )
+    await browser.wait_for(
+        "document.getElementById('key-dialog').open && "
+        "document.getElementById('key-msg').textContent.includes('rejected')",
+        what="the rejected-key message",
+    )
+
+    # The right key, kept in localStorage, is sent on every call (also after a reload).
+    await browser.evaluate("localStorage.setItem('mlx-serve.apiKey', 's3cret-key')")
+    await browser.reload()
+    await browser.wait_for(
+        f"document.querySelectorAll('tr.model').length === {len(target.models)}",
+        what="the models, with the key",
+    )
+    assert not await browser.evaluate("document.getElementById('key-dialog').open")
+    await browser.wait_for("document.getElementById('conn').dataset.state === 'live'", what="live")
+    # The 401s before the key was given are in the log (the server logs each as an event).
+    await wait_event(browser, "auth.failed")
+    assert unexpected(browser.errors, 401) == []
+
+
+async def test_failures_reconnects_and_dark_mode(
+    stub: StubServer, browser: Browser, tmp_path: Path
+) -> None:
+    """Stub-only: a failing load, an event stream that ends, every event kind, dark mode."""
+    await browser.navigate(f"{stub.url}/{FAST}")  # "/" serves the page too
+    await wait_status(browser, "broken", "unloaded")
+
+    # A load that fails: the error is shown inline under the row, and can be dismissed.
+    await click(browser, "broken", "load")
+    await wait_status(browser, "broken", "failed")
+    error_row = "document.querySelector('tr.err-row[data-error-for=\"broken\"]')"
+    await browser.wait_for(
+        f"!{error_row}.hidden && {error_row}.textContent.includes('config.json not found')",
+        what="the inline load error",
+    )
+    await browser.evaluate(f"{error_row}.querySelector('button[data-action=dismiss]').click()")
+    # The model's own error (status failed) stays; Load is offered again.
+    await browser.wait_for(
+        f"{error_row}.querySelector('button[data-action=dismiss]').hidden", what="dismissed"
+    )
+    assert not await browser.evaluate(
+        f"{row('broken')}.querySelector('[data-action=load]').disabled"
+    )
+
+    # The event stream ends (server restart, proxy timeout): the page connects again.
+    await browser.wait_for("document.getElementById('conn').dataset.state === 'live'", what="live")
+    assert stub.stream_connections == 1
+    await stub.drop_streams()
+    await browser.wait_for(
+        "document.getElementById('conn').dataset.state !== 'live'", what="the drop to be noticed"
+    )
+    await browser.wait_for(
+        "document.getElementById('conn').dataset.state === 'live'", 5, what="a reconnection"
+    )
+    assert stub.stream_connections == 2
+    stub.emit("config.reload", added=["phi"], removed=[], changed=["qwen"])
+    await wait_event(browser, "config.reload")
+
+    # Traffic and every other kind of event, for the picture.
+    for model in ["qwen", "qwen", "qwen-vl", "qwen-vl", "qwen", "qwen"]:
+        await stub.chat(model)
+    stub.emit("memory.low", available_bytes=int(1.2 * GiB), threshold_bytes=2 * GiB)
+    stub.emit("auth.failed", path="/v1/models", remote="192.168.1.20", reason="wrong key")
+    stub.emit("worker.crashed", "minilm", exit_code=-9, log_tail="Killed\n")
+    for kind in ("memory.low", "auth.failed", "worker.crashed", "swap"):
+        await wait_event(browser, kind)
+    await browser.wait_for(
+        "document.querySelectorAll('#perf .perf-row').length === 2", what="performance rows"
+    )
+    await browser.wait_for("window.mlxServeDashboard.samples.length >= 4", what="samples")
+
+    # Filtering the log.
+    await set_filter(browser, "qwen-vl")
+    assert await browser.evaluate(
+        "[...document.querySelectorAll('#events li.ev:not([hidden])')]"
+        ".every(li => li.dataset.search.includes('qwen-vl'))"
+    )
+    await set_filter(browser, "")
+
+    # The chart's time window.
+    await browser.click("#window button[data-window='60']")
+    pressed = "document.querySelector('#window [aria-pressed=true]').textContent"
+    assert await browser.evaluate(pressed) == "1m"
+
+    await settle(browser)
+    check_png(await browser.screenshot(tmp_path / "dashboard-light.png", full_page=True))
+    await browser.emulate_color_scheme("dark")
+    assert await browser.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+    await settle(browser)
+    check_png(await browser.screenshot(tmp_path / "dashboard-dark.png", full_page=True))
+
+    # The log keeps the newest 200 events.
+    for i in range(250):
+        stub.emit("memory.ok", available_bytes=i * GiB, total_bytes=32 * GiB)
+    await browser.wait_for(
+        "document.querySelector('#events li[data-kind=\"memory.ok\"] .ev-text')"
+        "?.textContent.startsWith('available 249 GiB')",
+        what="the newest event on top",
+    )
+    assert await browser.evaluate("document.querySelectorAll('#events li.ev').length") == 200
+    assert unexpected(browser.errors, 503) == []  # the failed load's answer
+
+
+async def test_model_names_are_encoded_per_path_segment(stub: StubServer, browser: Browser) -> None:
+    await browser.navigate(f"{stub.url}/dashboard")
+    path = await browser.evaluate("window.mlxServeDashboard.modelPath('org/na me:4bit?x#y%')")
+    assert path == "org/na%20me%3A4bit%3Fx%23y%25"
