@@ -35,15 +35,24 @@ install_into_venv() {
   .venv/bin/python -c 'import mlx_serve' || { echo "installing mlx-serve failed" >&2; exit 1; }
 }
 
-ensure_ffmpeg() {
-  command -v ffmpeg >/dev/null && return 0
+# ensure_tools "command:debian-package" ... - install the Debian packages whose command is
+# missing (ffmpeg for audio formats; the tests also use systemd-analyze and chromium).
+ensure_tools() {
+  local missing=() item
+  for item in "$@"; do
+    command -v "${item%%:*}" >/dev/null || missing+=("${item##*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
   if command -v apt-get >/dev/null; then
     local sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
-    echo "installing ffmpeg (Debian package) for audio formats..."
-    $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq ffmpeg >/dev/null || true
-  elif command -v brew >/dev/null; then
+    echo "installing Debian packages: ${missing[*]} ..."
+    $sudo apt-get update -qq >/dev/null && \
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || true
+  elif command -v brew >/dev/null && [[ " ${missing[*]} " == *" ffmpeg "* ]]; then
     brew install ffmpeg >/dev/null || true
   fi
-  command -v ffmpeg >/dev/null || echo "warning: ffmpeg is not installed; mp3/opus/m4a audio will be refused" >&2
+  for item in "$@"; do
+    command -v "${item%%:*}" >/dev/null || echo "warning: ${item%%:*} is not installed" >&2
+  done
 }

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 install_into_venv "all"
-ensure_ffmpeg
+ensure_tools ffmpeg:ffmpeg
 exec .venv/bin/mlx-serve demo "$@"

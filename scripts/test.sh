@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 install_into_venv "all,dev"
-ensure_ffmpeg
+ensure_tools ffmpeg:ffmpeg
+[ "$(uname -s)" = Linux ] && ensure_tools systemd-analyze:systemd chromium:chromium
 
 echo "== ruff";  .venv/bin/ruff check --no-cache src tests bench && .venv/bin/ruff format --no-cache --check src tests bench
 echo "== mypy";  .venv/bin/mypy

@@ -19,15 +19,21 @@ from pathlib import Path
 from aiohttp import web
 
 from mlx_serve.config import Config, ModelType
+from mlx_serve.observability.event_log import EventLogFile
 from mlx_serve.router.app import make_app
 from mlx_serve.supervisor import Supervisor
+from mlx_serve.supervisor.config_watcher import watch_config
 from mlx_serve.supervisor.events import Event
+from mlx_serve.supervisor.reload import reload_from_file
 from mlx_serve.workers.base import WorkerDriver
 
 log = logging.getLogger("mlx_serve")
 
 #: Events worth a line in the server's own log.
-_LOGGED = {"model.loaded", "model.unloaded", "swap", "worker.crashed", "worker.kill"}
+_LOGGED = {
+    "model.loaded", "model.unloaded", "swap", "worker.crashed", "worker.kill", "config.reload",
+    "memory.low",
+}  # fmt: skip
 
 
 @dataclass
@@ -47,6 +53,27 @@ def _log_event(event: Event) -> None:
         log.info("%s %s %s", event.kind, event.model or "", details)
 
 
+def _start_reloading(supervisor: Supervisor, requested: asyncio.Event) -> list[asyncio.Task[None]]:
+    """SIGHUP (``requested``) and edits of models.yaml both reload it."""
+    path = supervisor.config.source
+    if path is None:
+        return []
+
+    async def on_sighup() -> None:
+        while True:
+            await requested.wait()
+            requested.clear()
+            await reload_from_file(supervisor, path, trigger="sighup")
+
+    async def on_edit() -> None:
+        await watch_config(path, lambda: reload_from_file(supervisor, path, trigger="file"))
+
+    tasks = [asyncio.create_task(on_sighup())]
+    if supervisor.config.server.watch_config:
+        tasks.append(asyncio.create_task(on_edit()))
+    return tasks
+
+
 async def serve(
     config: Config,
     *,
@@ -63,6 +90,8 @@ async def serve(
     port = config.server.port if port is None else port
     supervisor = Supervisor(config, data_dir=data_dir, drivers=drivers)
     supervisor.events.add_listener(_log_event)
+    event_log = EventLogFile(data_dir / "events.jsonl")
+    supervisor.events.add_listener(event_log)
     runner = web.AppRunner(
         make_app(supervisor),
         handler_cancellation=True,  # a client that leaves cancels its handler (and its queue slot)
@@ -86,9 +115,11 @@ async def serve(
     current = asyncio.current_task()
     assert current is not None
     main_task: asyncio.Task[object] = current
+    reload_requested = asyncio.Event()
     if handle_signals:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     await runner.setup()
     try:
         await supervisor.start()
@@ -98,9 +129,12 @@ async def serve(
         log.info("mlx-serve listening on %s (%d models configured)", url, len(config.models))
         for notice in config.notices:
             log.warning("%s", notice)
+        background = _start_reloading(supervisor, reload_requested)
         if on_ready is not None:
             on_ready(ServerHandle(url, supervisor, stop_requested.set))
         await stop_requested.wait()
+        for task in background:
+            task.cancel()
         await supervisor.scheduler.close()  # waiters get 503 instead of a dropped connection
         await runner.cleanup()  # stop listening; let in-flight requests finish
     finally:
@@ -108,7 +142,9 @@ async def serve(
             await asyncio.shield(supervisor.shutdown())
         with contextlib.suppress(Exception):
             await runner.cleanup()
+        supervisor.events.remove_listener(event_log)
+        event_log.close()
         if handle_signals:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         log.info("mlx-serve stopped")

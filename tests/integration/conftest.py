@@ -17,7 +17,7 @@ import aiohttp
 import psutil
 import pytest
 
-from mlx_serve.config import Config, ModelType, parse_config_text
+from mlx_serve.config import Config, ModelType, load_config
 from mlx_serve.server import ServerHandle, serve
 from mlx_serve.supervisor import Supervisor
 from mlx_serve.supervisor.events import Event
@@ -100,7 +100,9 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
     ) -> Running:
         server.setdefault("port", free_port())
         server.setdefault("stop_timeout", 5)
-        config: Config = parse_config_text(model_yaml(models, **server))
+        config_path = tmp_path / f"models{len(running)}.yaml"
+        config_path.write_text(model_yaml(models, **server))
+        config: Config = load_config(config_path)
         ready: asyncio.Future[ServerHandle] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(
             serve(

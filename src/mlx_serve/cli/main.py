@@ -13,8 +13,11 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from mlx_serve import __version__
+from mlx_serve.cli import commands
+from mlx_serve.cli.service_cmd import build_app as build_service_app
 from mlx_serve.config import ConfigError, example_config_text, find_config_path, load_config
 from mlx_serve.paths import home_dir
+from mlx_serve.pidfile import remove_pid, running_pid, write_pid
 
 app = typer.Typer(
     name="mlx-serve",
@@ -35,8 +38,13 @@ ConfigOpt = Annotated[
 
 
 def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    if not sys.stderr.isatty():
+        # A service log file: one plain line per record, never wrapped at 80 columns.
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=level,
         format="%(message)s",
         datefmt="[%X]",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
@@ -84,12 +92,12 @@ def start(
         str | None, typer.Option(help="bind address (default from config: 127.0.0.1)")
     ] = None,
     port: Annotated[int | None, typer.Option(help="port (default from config: 8095)")] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="run in the background (see `mlx-serve stop`)")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the server in the foreground until Ctrl-C / SIGTERM."""
-    from mlx_serve.server import serve
-
-    _setup_logging(verbose)
+    """Run the server (in the foreground unless --detach) until Ctrl-C / SIGTERM / `stop`."""
     path = find_config_path(config)
     if not path.exists():
         raise _fail(f"no config at {path}; run `mlx-serve init` to write one")
@@ -98,12 +106,57 @@ def start(
     except ConfigError as exc:
         raise _fail(str(exc), 2) from exc
     data_dir = cfg.server.data_dir or home_dir()
+    running = running_pid(data_dir)
+    if running is not None:
+        raise _fail(f"mlx-serve is already running (pid {running}); `mlx-serve stop` first")
+    if detach:
+        _start_detached(path, data_dir, host=host, port=port, verbose=verbose)
+        return
+    from mlx_serve.server import serve
+
+    _setup_logging(verbose)
     try:
-        asyncio.run(serve(cfg, data_dir=data_dir, host=host, port=port))
+
+        def ready(_handle: object) -> None:
+            # The pid file appears once the server listens: `start --detach` waits for it.
+            write_pid(data_dir)
+
+        asyncio.run(serve(cfg, data_dir=data_dir, host=host, port=port, on_ready=ready))
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     except OSError as exc:
         raise _fail(f"could not start the server: {exc}") from exc
+    finally:
+        remove_pid(data_dir)
+
+
+def _start_detached(
+    config: Path, data_dir: Path, *, host: str | None, port: int | None, verbose: bool
+) -> None:
+    """Start ``mlx-serve start`` as a new session in the background; wait until it listens."""
+    import subprocess
+    import time
+
+    argv = [sys.executable, "-m", "mlx_serve.cli.main", "start", "--config", str(config.resolve())]
+    argv += ["--host", host] if host else []
+    argv += ["--port", str(port)] if port else []
+    argv += ["--verbose"] if verbose else []
+    log = data_dir / "logs" / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise _fail(f"the server exited with code {proc.returncode}; see {log}")
+        if running_pid(data_dir) == proc.pid:
+            console.print(f"mlx-serve started in the background (pid {proc.pid}); log: {log}")
+            return
+        time.sleep(0.1)
+    raise _fail(f"the server did not start within 60 s; see {log}")
 
 
 @app.command()
@@ -120,6 +173,11 @@ def demo(
     _setup_logging(False)
     code = run_demo(workdir or home_dir() / "demo", port=port, exit_after=exit_after)
     sys.exit(code)
+
+
+commands.register(app)
+service_app = build_service_app()
+app.add_typer(service_app, name="service", help="Install mlx-serve as a launchd / systemd service.")
 
 
 def main() -> None:

@@ -198,6 +198,12 @@ class ServerConfig(BaseModel):
     """If set, clients must send ``Authorization: Bearer <api_key>``."""
     allow_remote_images: bool = False
     """Let vision requests name http(s) image URLs, which the worker then fetches."""
+    watch_config: bool = True
+    """Reload this file when it changes (SIGHUP and ``mlx-serve reload`` work either way)."""
+    memory_guard: bool = True
+    """Refuse to load a model whose weights on disk exceed the memory available."""
+    memory_warning: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """Emit a ``memory.low`` event when available memory falls below this share of total."""
 
     @field_validator("data_dir", mode="after")
     @classmethod

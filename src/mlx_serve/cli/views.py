@@ -1,0 +1,509 @@
+"""Rich renderables for the CLI, as pure functions of the management API's JSON.
+
+Nothing here talks to the server or reads the clock on its own: every function takes the JSON
+it renders (and ``now`` where times are relative), so the views are tested by rendering sample
+JSON into an 80-column console. The layouts are built for 80 columns, the width of a default
+terminal and of any non-tty output: long model names are cut with an ellipsis, never wrapped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, tzinfo
+from typing import Any
+
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.measure import Measurement
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+__all__ = [
+    "STATUS_STYLES",
+    "event_line",
+    "human_bytes",
+    "human_duration",
+    "models_table",
+    "relative_time",
+    "reload_summary",
+    "show_panel",
+    "status_header",
+    "status_table",
+    "status_view",
+]
+
+#: Colors of the model states the API reports (``/api/models`` ``status``).
+STATUS_STYLES: dict[str, str] = {
+    "loaded": "bold green",
+    "loading": "yellow",
+    "draining": "yellow",
+    "unloading": "yellow",
+    "unloaded": "dim",
+    "failed": "bold red",
+}
+
+#: Event kinds (or their first dotted part) and the color of the kind in ``logs``.
+_KIND_STYLES: dict[str, str] = {
+    "model.loaded": "green",
+    "model.unloaded": "yellow",
+    "model.deleted": "yellow",
+    "model.pull": "blue",
+    "swap": "magenta",
+    "worker.state": "cyan",
+    "worker.drain": "cyan",
+    "worker.crashed": "bold red",
+    "worker.kill": "red",
+    "auth.failed": "red",
+    "memory.low": "bold red",
+    "memory.ok": "green",
+    "request": "blue",
+    "supervisor": "bold",
+    "config": "magenta",
+}
+
+#: Shown for a value that does not apply (a memory figure of an unloaded model).
+NONE = "—"
+
+# Short names so the status table fits 80 columns; the config accepts "embed" as well.
+_TYPE_SHORT = {"embedding": "embed"}
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_bytes(n: float | None) -> str:
+    """``1536`` -> ``1.5 KiB``: binary units, three significant digits at most."""
+    if n is None:
+        return NONE
+    value = float(n)
+    for unit in _UNITS:
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.1f} {unit}" if abs(value) < 100 else f"{value:.0f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_DURATION_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def human_duration(seconds: float | None, parts: int = 2) -> str:
+    """``4000`` -> ``1h06m``: the ``parts`` largest units, rounded down; ``None`` -> ``—``.
+
+    Rounding down keeps a countdown honest (``idle left 1m`` never means 0 s left) and one
+    part is enough where space is short (the status table).
+    """
+    if seconds is None:
+        return NONE
+    if seconds < 0:
+        return "never"
+    remaining = int(seconds)
+    if remaining < 1:
+        return f"{seconds:.1f}s" if seconds > 0 else "0s"
+    out: list[str] = []
+    for unit, size in _DURATION_UNITS:
+        if remaining >= size or out:
+            count, remaining = divmod(remaining, size)
+            out.append(f"{count:02d}{unit}" if out else f"{count}{unit}")
+            if len(out) == parts:
+                break
+    # Trailing zero parts ("7m00s") say nothing.
+    while len(out) > 1 and int(out[-1][:-1]) == 0:
+        out.pop()
+    return "".join(out)
+
+
+def relative_time(ts: float | None, now: float, parts: int = 1) -> str:
+    """``3m ago`` for a unix time; ``never`` for None."""
+    if ts is None:
+        return "never"
+    ago = max(0.0, now - ts)
+    if ago < 1:
+        return "now"
+    return f"{human_duration(ago, parts)} ago"
+
+
+def _ms(seconds: object) -> str:
+    return f"{float(seconds) * 1000:.0f}" if isinstance(seconds, int | float) else NONE
+
+
+def _num(value: object, fmt: str = "{:.0f}") -> str:
+    return fmt.format(value) if isinstance(value, int | float) else NONE
+
+
+def _status_text(model: Mapping[str, Any]) -> Text:
+    status = str(model.get("status", "?"))
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+def idle_left(model: Mapping[str, Any], parts: int = 1) -> Text:
+    """How long until the model is unloaded for idleness: ``7m``, ``never`` (keep_alive -1 or
+    idle_timeout -1), ``busy`` (requests in flight: the countdown starts when they end), or
+    ``—`` when it is not loaded."""
+    if model.get("status") != "loaded":
+        return Text(NONE, style="dim")
+    timeout = model.get("idle_timeout_s")
+    if isinstance(timeout, int | float) and timeout < 0:
+        return Text("never", style="green")
+    expires = model.get("expires_in_s")
+    if expires is None:
+        return Text("busy", style="cyan")
+    return Text(human_duration(float(expires), parts))
+
+
+def status_header(stats: Mapping[str, Any]) -> Text:
+    """``mlx-serve 0.4.0 · up 2h05m · 5.1 GiB of 16 GiB free · workers 1.2 GiB`` and, on its
+    own line (paths are long), the config file the server runs with."""
+    memory = stats.get("memory") or {}
+    text = Text()
+    text.append(f"mlx-serve {stats.get('version', '?')}", style="bold")
+    text.append(f" · up {human_duration(stats.get('uptime_s'))}")
+    available, total = memory.get("system_available_bytes"), memory.get("system_total_bytes")
+    if available is not None:
+        text.append(f" · {human_bytes(available)} of {human_bytes(total)} free")
+    if memory.get("workers_rss_bytes"):
+        text.append(f" · workers {human_bytes(memory['workers_rss_bytes'])}")
+    waiting = (stats.get("queue") or {}).get("waiting")
+    if waiting:
+        text.append(f" · {waiting} waiting", style="yellow")
+    config = stats.get("config_path")
+    text.append(f"\nconfig {config or '(none)'}", style="dim")
+    return text
+
+
+def status_table(stats: Mapping[str, Any], now: float | None = None) -> Table:
+    """One row per configured model: what is loaded, how much memory it holds, when it was
+    used and when it will be unloaded, and its request latency and speed."""
+    now = time.time() if now is None else now
+    # 80 columns hold the eight short columns only with a one-space gap (the box's divider,
+    # no padding) and with the wordy headers on two lines; the model column gets the rest.
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0),
+        show_edge=False,
+        header_style="bold",
+        expand=False,
+    )
+    # The only wrappable column, so the only one rich shrinks to fit; names have no spaces
+    # (the config forbids them), so "wrapping" one means cutting it with an ellipsis.
+    table.add_column("model", overflow="ellipsis", min_width=8)
+    table.add_column("type", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("memory", justify="right", no_wrap=True)
+    table.add_column("last\nused", justify="right", no_wrap=True)
+    table.add_column("idle\nleft", justify="right", no_wrap=True)
+    table.add_column("reqs", justify="right", no_wrap=True)
+    table.add_column("TTFT\np50 ms", justify="right", no_wrap=True)
+    table.add_column("tok/s", justify="right", no_wrap=True)
+    for model in stats.get("models", []):
+        metrics = model.get("metrics") or {}
+        requests = Text(str(model.get("requests", 0)))
+        if model.get("inflight"):
+            requests.append(f"+{model['inflight']}", style="cyan")
+        if model.get("waiting"):
+            requests.append(f"+{model['waiting']}q", style="yellow")
+        kind = str(model.get("type", "?"))
+        table.add_row(
+            str(model.get("name", "?")),
+            _TYPE_SHORT.get(kind, kind),
+            _status_text(model),
+            human_bytes(model.get("rss_bytes")),
+            relative_time(model.get("last_used"), now),
+            idle_left(model),
+            requests,
+            _ms(metrics.get("ttft_p50_s")),
+            _num(metrics.get("tokens_per_s_p50")),
+        )
+    return table
+
+
+def status_view(stats: Mapping[str, Any], now: float | None = None) -> Group:
+    """What ``mlx-serve status`` prints: the header, the table, and the reason of each failed
+    model (the table has no room for it, and it is what the user needs next)."""
+    parts: list[RenderableType] = [status_header(stats), Text(), status_table(stats, now)]
+    for model in stats.get("models", []):
+        if model.get("status") == "failed" and model.get("error"):
+            first = str(model["error"]).strip().splitlines()[0]
+            line = Text(f"{model.get('name')}: ", style="bold red")
+            line.append(first)
+            line.no_wrap, line.overflow = True, "ellipsis"
+            parts.append(line)
+    return Group(*parts)
+
+
+def models_table(models: Sequence[Mapping[str, Any]]) -> Table:
+    """``models list``: every configured model, its aliases and where its weights are (memory
+    is in ``status``; at 80 columns the path needs the room more)."""
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+        show_edge=False,
+        header_style="bold",
+    )
+    table.add_column("model", no_wrap=True, overflow="ellipsis", max_width=20)
+    table.add_column("type", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("aliases", overflow="ellipsis", no_wrap=True, max_width=16)
+    table.add_column("path")
+    for model in models:
+        table.add_row(
+            str(model.get("name", "?")),
+            str(model.get("type", "?")),
+            _status_text(model),
+            ", ".join(model.get("aliases") or []) or NONE,
+            LeftTrimmed(str(model.get("path", "")), style="dim"),
+        )
+    return table
+
+
+class LeftTrimmed:
+    """Text that, when it does not fit, loses its start instead of its end: a model path's
+    last component (``…/Qwen2.5-7B-Instruct-4bit``) is the part that identifies it."""
+
+    def __init__(self, text: str, style: str = "", min_width: int = 12) -> None:
+        self.text = text
+        self.style = style
+        self.min_width = min_width
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        width = cell_len(self.text)
+        return Measurement(min(width, self.min_width), width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        text, width = self.text, options.max_width
+        if cell_len(text) > width:
+            text = "…" + text[len(text) - max(width - 1, 0) :] if width > 1 else "…"[:width]
+        yield Text(text, style=self.style, no_wrap=True, overflow="crop")
+
+
+def _kv_table() -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    return table
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return NONE
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        return ",".join(map(str, value))
+    return json.dumps(value, default=str)
+
+
+def show_panel(data: Mapping[str, Any], now: float | None = None) -> Panel:
+    """``models show``: the model's state, request metrics, config, and what the hub knows
+    about its files (``details``, rendered generically since its keys depend on the model)."""
+    now = time.time() if now is None else now
+    rows = _kv_table()
+    rows.add_row("status", _status_text(data))
+    if data.get("error"):
+        rows.add_row("error", Text(str(data["error"]), style="red"))
+    rows.add_row("type", str(data.get("type", "?")))
+    rows.add_row("path", str(data.get("path", "")))
+    if data.get("aliases"):
+        rows.add_row("aliases", ", ".join(data["aliases"]))
+    if data.get("pid"):
+        rows.add_row("process", f"pid {data['pid']}, port {data.get('port')}")
+    if data.get("rss_bytes") is not None:
+        rows.add_row("memory", human_bytes(data["rss_bytes"]))
+    if data.get("loaded_at"):
+        rows.add_row("loaded", relative_time(data["loaded_at"], now, parts=2))
+    rows.add_row("last used", relative_time(data.get("last_used"), now, parts=2))
+    timeout = data.get("idle_timeout_s")
+    source = "keep_alive" if data.get("keep_alive_s") is not None else "idle_timeout"
+    rows.add_row(source, human_duration(timeout))
+    if data.get("status") == "loaded":
+        rows.add_row("idle left", idle_left(data, parts=2))
+    rows.add_row(
+        "requests",
+        f"{data.get('requests', 0)} total, {data.get('inflight', 0)} in flight, "
+        f"{data.get('waiting', 0)} waiting",
+    )
+    parts: list[RenderableType] = [rows]
+
+    metrics = data.get("metrics") or {}
+    if metrics.get("count"):
+        parts += [Text(), _metrics_table(metrics)]
+    config = {
+        k: v
+        for k, v in (data.get("config") or {}).items()
+        if v not in (None, {}, []) and k not in ("path", "type", "aliases")
+    }
+    if config:
+        parts += [Text(), Text("config", style="bold underline"), _mapping_rows(config)]
+    details = data.get("details")
+    if isinstance(details, Mapping) and details:
+        parts += [Text(), Text("files", style="bold underline"), _mapping_rows(details)]
+    return Panel(
+        Group(*parts),
+        title=Text(str(data.get("name", "?")), style="bold"),
+        title_align="left",
+        box=box.ROUNDED,
+    )
+
+
+def _metrics_table(metrics: Mapping[str, Any]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    table.add_column(f"{metrics.get('count')} requests, {metrics.get('errors', 0)} errors")
+    for q in ("p50", "p95", "p99"):
+        table.add_column(q, justify="right")
+    for label, key in (("TTFT ms", "ttft"), ("latency ms", "latency"), ("queued ms", "queued")):
+        table.add_row(label, *(_ms(metrics.get(f"{key}_{q}_s")) for q in ("p50", "p95", "p99")))
+    table.add_row("tok/s", _num(metrics.get("tokens_per_s_p50"), "{:.1f}"), "", "")
+    return table
+
+
+def _mapping_rows(mapping: Mapping[str, Any]) -> Table:
+    rows = _kv_table()
+    for key, value in mapping.items():
+        if key.endswith("bytes") and isinstance(value, int | float):
+            rows.add_row(key, human_bytes(value))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            # Lists of records (a model's files) would be a wall of JSON: count them instead.
+            names = [str(v.get("name", "")) for v in value if v.get("name")]
+            shown = ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+            rows.add_row(key, f"{len(value)}" + (f" ({shown})" if shown else ""))
+        elif isinstance(value, list):
+            rows.add_row(key, ", ".join(map(_scalar, value)) or NONE)
+        else:
+            rows.add_row(key, _scalar(value))
+    return rows
+
+
+# Fields every event has, and fields too long for one line (crash log tails).
+_EVENT_META = frozenset({"seq", "ts", "kind", "model", "log_tail"})
+
+
+def event_line(event: Mapping[str, Any], tz: tzinfo | None = None) -> Text:
+    """One event as one line: local time, kind (colored), model, then what matters for that
+    kind (``stopped → starting``, ``200 ttft 45ms 812 tok/s``) and any other fields."""
+    ts = event.get("ts")
+    stamp = "--:--:--"
+    if isinstance(ts, int | float):
+        stamp = datetime.fromtimestamp(ts, tz).strftime("%H:%M:%S")
+    kind = str(event.get("kind", "?"))
+    style = _KIND_STYLES.get(kind) or _KIND_STYLES.get(kind.split(".", maxsplit=1)[0], "")
+    data = {k: v for k, v in event.items() if k not in _EVENT_META}
+    line = Text(f"{stamp} ", style="dim")
+    line.append(f"{kind:<14}", style=style)
+    line.append(" ")
+    if event.get("model"):
+        line.append(str(event["model"]), style="bold")
+        line.append(" ")
+    line.append_text(_event_details(kind, data))
+    return line
+
+
+def _event_details(kind: str, data: dict[str, Any]) -> Text:
+    out = Text()
+    if kind == "worker.state":
+        old, new = data.pop("old", "?"), data.pop("new", "?")
+        out.append(f"{old} → ")
+        out.append(str(new), style=_STATE_STYLES.get(str(new), ""))
+    elif kind == "swap":
+        out.append(f"→ {data.pop('to', '?')}")
+    elif kind in ("model.loaded", "model.unloaded") and "duration_s" in data:
+        out.append(f"in {_seconds(data.pop('duration_s'))}")
+    elif kind == "request":
+        status = data.pop("status", None)
+        ok = isinstance(status, int) and status < 400
+        out.append(str(status), style="green" if ok else "red")
+        out.append(f" {data.pop('endpoint', '')}")
+        tokens = data.pop("completion_tokens", None)
+        if tokens is not None:
+            out.append(f" {tokens} tok")
+        ttft, latency = data.pop("ttft_s", None), data.pop("latency_s", None)
+        if ttft is not None:
+            out.append(f" ttft {_ms(ttft)}ms")
+        if latency is not None:
+            out.append(f" total {_ms(latency)}ms")
+        tps = data.pop("tokens_per_s", None)
+        if isinstance(tps, int | float):
+            out.append(f" {tps:.0f} tok/s")
+        queued = data.pop("queued_s", None)
+        if isinstance(queued, int | float) and queued >= 0.001:
+            out.append(f" queued {_ms(queued)}ms", style="yellow")
+        for key in ("stream", "prompt_tokens"):
+            data.pop(key, None)
+        if not data.get("retries"):
+            data.pop("retries", None)
+    # Empty values ("added=[]" in a reload that added nothing) are noise on a log line.
+    rest = [f"{k}={_scalar(v)}" for k, v in data.items() if v not in (None, "", [], {})]
+    if rest:
+        if out:
+            out.append(" ")
+        out.append(" ".join(rest), style="dim")
+    return out
+
+
+_STATE_STYLES = {
+    "ready": "green",
+    "starting": "yellow",
+    "draining": "yellow",
+    "stopping": "yellow",
+    "failed": "bold red",
+}
+
+
+def _seconds(value: object) -> str:
+    if not isinstance(value, int | float):
+        return str(value)
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s"
+
+
+def reload_summary(result: Mapping[str, Any]) -> Text:
+    """``mlx-serve reload``: what the new models.yaml changed (``/api/reload``'s answer).
+
+    ``changed`` splits into ``restarted`` (worker settings: the model restarts once its
+    in-flight requests finish) and ``updated`` (router settings, applied at once) when the
+    server says which is which; ``restart_needed`` lists server settings (host, port,
+    data_dir) that only a server restart applies.
+    """
+    text = Text()
+    if result.get("status") != "ok":
+        text.append("models.yaml is invalid; nothing changed\n", style="bold red")
+        if result.get("error"):
+            text.append(str(result["error"]))
+        return text
+    split = "restarted" in result or "updated" in result
+    sections: Iterable[tuple[str, str, str]] = (
+        ("added", "added", "green"),
+        ("removed", "removed", "red"),
+        *(
+            (
+                ("restarted", "restarting", "yellow"),  # after their in-flight requests
+                ("updated", "updated", "yellow"),
+            )
+            if split
+            else (("changed", "changed", "yellow"),)
+        ),
+        ("server_changed", "server", "yellow"),
+        ("restart_needed", "needs restart", "bold red"),
+    )
+    changed = False
+    for key, label, style in sections:
+        names = result.get(key) or []
+        if names:
+            changed = True
+            text.append(f"{label:<14}", style=style)
+            text.append(", ".join(map(str, names)) + "\n")
+    if not changed:
+        text.append("no changes\n", style="dim")
+    if result.get("restarted"):
+        text.append("(restarting models finish their in-flight requests first)\n", style="dim")
+    if result.get("restart_needed"):
+        text.append("(these server settings apply after `mlx-serve restart`)\n", style="dim")
+    unchanged = result.get("unchanged") or []
+    if unchanged:
+        text.append(f"{'unchanged':<14}", style="dim")
+        text.append(", ".join(map(str, unchanged)), style="dim")
+    text.rstrip()
+    return text

@@ -1,0 +1,525 @@
+"""The CLI's rendering, as pure functions of the management API's JSON, at 80 columns.
+
+The sample JSON below is written by hand to look like a busy server (a loaded model, one with
+a name too long for the table, a failed one, a pinned one serving requests); a test builds the
+real ``/api/stats`` answer from a supervisor with fake workers and checks the sample has the
+same keys, so the views cannot drift from what the server sends.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console, RenderableType
+from rich.text import Text
+
+from mlx_serve.cli import views
+from mlx_serve.cli.client import _api_error, _url_for, load_settings, parse_since
+from mlx_serve.cli.commands import worker_log_path
+
+NOW = 1_700_000_000.0
+LONG_NAME = "Meta-Llama-3.1-8B-Instruct-4bit-with-an-even-longer-suffix"
+GIB = 2**30
+
+
+def _metrics(count: int = 0, ttft: float | None = None, tps: float | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"count": count, "errors": 0}
+    for name, value in (("ttft", ttft), ("latency", None if ttft is None else ttft * 10)):
+        for q in (50, 95, 99):
+            out[f"{name}_p{q}_s"] = value
+    for q in (50, 95, 99):
+        out[f"queued_p{q}_s"] = None if ttft is None else 0.0
+    out["tokens_per_s_p50"] = tps
+    return out
+
+
+def _model(name: str, **fields: Any) -> dict[str, Any]:
+    """One entry of ``/api/models`` / ``/api/stats`` ``models`` (``management.model_status``)."""
+    status = fields.pop("status", "unloaded")
+    loaded = status in ("loaded", "draining", "unloading")
+    entry: dict[str, Any] = {
+        "name": name,
+        "type": "text",
+        "path": f"mlx-community/{name}",
+        "aliases": [],
+        "status": status,
+        "error": None,
+        "pid": 4242 if loaded else None,
+        "port": 50123 if loaded else None,
+        "rss_bytes": None,
+        "loaded_at": NOW - 3600 if loaded else None,
+        "last_used": None,
+        "idle_timeout_s": 600.0,
+        "expires_in_s": None,
+        "keep_alive_s": None,
+        "requests": 0,
+        "inflight": 0,
+        "waiting": 0,
+        "metrics": _metrics(),
+    }
+    entry.update(fields)
+    return entry
+
+
+def sample_stats() -> dict[str, Any]:
+    """``GET /api/stats`` of a server with five models in different states."""
+    return {
+        "version": "0.4.0",
+        "uptime_s": 7512.3,
+        "started_at": NOW - 7512.3,
+        "config_path": "/Users/someone/.mlx-serve/models.yaml",
+        "memory": {
+            "system_total_bytes": 16 * GIB,
+            "system_available_bytes": int(5.1 * GIB),
+            "workers_rss_bytes": int(4.2 * GIB),
+            "router_rss_bytes": 60_000_000,
+        },
+        "queue": {"waiting": 0},
+        "models": [
+            _model(
+                "qwen",
+                status="loaded",
+                aliases=["default"],
+                rss_bytes=int(1.2 * GIB),
+                last_used=NOW - 185,
+                expires_in_s=415.0,
+                requests=42,
+                metrics=_metrics(42, ttft=0.0452, tps=812.4),
+            ),
+            _model(LONG_NAME, last_used=NOW - 7400, requests=3, metrics=_metrics(3, 0.31, 35.2)),
+            _model("minilm", type="embedding", status="loading", pid=4343),
+            _model(
+                "whisper",
+                type="stt",
+                status="failed",
+                error="model 'whisper' failed to start: the worker exited with code 1 while "
+                "loading\n--- last lines of its log ---\nTraceback ...",
+            ),
+            _model(
+                "pinned",
+                type="vision",
+                status="loaded",
+                rss_bytes=3 * GIB,
+                last_used=NOW - 5,
+                idle_timeout_s=-1.0,
+                keep_alive_s=-1.0,
+                requests=1200,
+                inflight=2,
+                metrics=_metrics(1200, ttft=1.234, tps=12.3),
+            ),
+        ],
+        "events": [],
+    }
+
+
+def render(renderable: RenderableType, width: int = 80) -> str:
+    console = Console(width=width, record=True, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def assert_fits(text: str, width: int = 80) -> None:
+    too_long = [line for line in text.splitlines() if len(line) > width]
+    assert not too_long, f"lines over {width} columns: {too_long}"
+
+
+# ------------------------------------------------------------------ formats
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "—"),
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (320 * 2**20, "320 MiB"),
+        (int(1.2 * GIB), "1.2 GiB"),
+        (16 * GIB, "16.0 GiB"),
+        (200 * GIB, "200 GiB"),
+        (3 * 2**50, "3.0 PiB"),
+        (5 * 2**60, "5120 PiB"),
+    ],
+)
+def test_human_bytes(value: int | None, expected: str) -> None:
+    assert views.human_bytes(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "parts", "expected"),
+    [
+        (None, 2, "—"),
+        (-1, 2, "never"),
+        (0, 2, "0s"),
+        (0.25, 2, "0.2s"),
+        (42.9, 2, "42s"),
+        (60, 2, "1m"),
+        (90, 2, "1m30s"),
+        (420, 2, "7m"),
+        (419.9, 1, "6m"),  # rounded down: a countdown never shows more than is left
+        (3900, 2, "1h05m"),
+        (7512.3, 2, "2h05m"),
+        (7512.3, 1, "2h"),
+        (86400 + 7200 + 60, 2, "1d02h"),
+        (3 * 86400, 2, "3d"),
+    ],
+)
+def test_human_duration(seconds: float | None, parts: int, expected: str) -> None:
+    assert views.human_duration(seconds, parts) == expected
+
+
+def test_relative_time() -> None:
+    assert views.relative_time(None, NOW) == "never"
+    assert views.relative_time(NOW - 0.3, NOW) == "now"
+    assert views.relative_time(NOW - 185, NOW) == "3m ago"
+    assert views.relative_time(NOW - 185, NOW, parts=2) == "3m05s ago"
+    assert views.relative_time(NOW + 5, NOW) == "now", "a clock a bit ahead is not the future"
+
+
+def test_parse_since() -> None:
+    assert parse_since("10m", now=NOW) == NOW - 600
+    assert parse_since("1h30m", now=NOW) == NOW - 5400
+    assert parse_since("90", now=NOW) == NOW - 90, "a small number is seconds back"
+    assert parse_since(str(NOW - 1), now=NOW) == NOW - 1, "a unix time is taken as is"
+    assert parse_since("2023-11-14T22:13:20+00:00", now=0) == NOW
+    assert parse_since("2023-11-14T22:13:20Z", now=0) == NOW
+    naive = datetime(2023, 11, 14, 12, 0).timestamp()  # local time, like the user typed it
+    assert parse_since("2023-11-14T12:00", now=0) == naive
+    with pytest.raises(ValueError, match="--since"):
+        parse_since("yesterday-ish")
+
+
+# ------------------------------------------------------------------ status
+
+
+def test_status_table_fits_80_columns() -> None:
+    text = render(views.status_view(sample_stats(), now=NOW))
+    assert_fits(text)
+    lines = text.splitlines()
+    head = "\n".join(lines[:8])
+    for header in ("model", "type", "status", "memory", "last", "used", "idle", "left"):
+        assert header in head
+    for header in ("reqs", "TTFT", "p50 ms", "tok/s"):
+        assert header in head
+    assert lines[0].startswith("mlx-serve 0.4.0 · up 2h05m · 5.1 GiB of 16.0 GiB free")
+    assert lines[1] == "config /Users/someone/.mlx-serve/models.yaml"
+
+    rows = {line.split()[0]: line for line in lines if line.split()}
+    assert rows["qwen"].split()[1:] == [
+        *("text", "loaded", "1.2", "GiB", "3m", "ago", "6m", "42", "45", "812"),
+    ]
+    assert rows["minilm"].split()[1:3] == ["embed", "loading"]
+    assert rows["pinned"].split()[1:] == [
+        *("vision", "loaded", "3.0", "GiB", "5s", "ago", "never", "1200+2", "1234", "12"),
+    ]
+    assert rows["whisper"].split()[1:5] == ["stt", "failed", "—", "never"]
+
+
+def test_long_model_name_is_cut_with_an_ellipsis_not_wrapped() -> None:
+    text = render(views.status_table(sample_stats(), now=NOW))
+    assert_fits(text)
+    holding = [line for line in text.splitlines() if "Meta-Llama" in line or "suffix" in line]
+    assert len(holding) == 1, f"the long name spans several lines: {holding}"
+    (line,) = holding
+    assert "…" in line and LONG_NAME not in line
+    assert line.split()[1:3] == ["text", "unloaded"], "the other cells stay on the same line"
+    # Every data row is exactly one line: 5 models, 2 header lines, 1 rule.
+    assert len(text.rstrip("\n").splitlines()) == 5 + 2 + 1
+
+
+def test_status_table_uses_the_room_a_wide_terminal_has() -> None:
+    text = render(views.status_table(sample_stats(), now=NOW), width=140)
+    assert LONG_NAME in text and "…" not in text
+
+
+def test_status_colors_and_idle_left() -> None:
+    table = views.status_table(sample_stats(), now=NOW)
+    statuses = list(table.columns[2].cells)
+    assert [str(s) for s in statuses] == ["loaded", "unloaded", "loading", "failed", "loaded"]
+    assert [s.style for s in statuses if isinstance(s, Text)] == [
+        *("bold green", "dim", "yellow", "bold red", "bold green"),
+    ]
+    busy = views.idle_left(_model("m", status="loaded", inflight=1, expires_in_s=None))
+    assert str(busy) == "busy", "the countdown starts when the in-flight requests end"
+    assert str(views.idle_left(_model("m", status="loaded", expires_in_s=0.0))) == "0s"
+    assert str(views.idle_left(_model("m", status="unloaded"))) == "—"
+
+
+def test_failed_models_show_their_reason_under_the_table() -> None:
+    text = render(views.status_view(sample_stats(), now=NOW))
+    (line,) = [x for x in text.splitlines() if x.startswith("whisper:")]
+    assert "the worker exited with code 1" in line and "Traceback" not in line
+
+
+def test_status_of_a_server_with_no_models() -> None:
+    stats = {**sample_stats(), "models": [], "config_path": None}
+    text = render(views.status_view(stats, now=NOW))
+    assert "config (none)" in text and "model" in text
+
+
+# ------------------------------------------------------------------ other views
+
+
+def test_models_table_fits_and_keeps_the_end_of_long_paths() -> None:
+    models = sample_stats()["models"]
+    models[0]["path"] = "/Users/someone/models/qwen2.5-7b-instruct-4bit"
+    text = render(views.models_table(models))
+    assert_fits(text)
+    (qwen,) = [line for line in text.splitlines() if line.startswith("qwen ")]
+    assert qwen.split()[1:4] == ["text", "loaded", "default"]
+    path = qwen.split()[-1]
+    assert path.startswith("…") and path.endswith("/qwen2.5-7b-instruct-4bit"), "start is cut"
+    (llama,) = [line for line in text.splitlines() if "Meta-Llama" in line]
+    assert "…" in llama and llama.rstrip().endswith(LONG_NAME[-12:])
+    assert len(text.rstrip("\n").splitlines()) == 5 + 2
+
+
+def test_show_panel() -> None:
+    data = {
+        **sample_stats()["models"][0],
+        "config": {
+            "type": "text",
+            "path": "mlx-community/qwen",
+            "idle_timeout": None,
+            "aliases": ["default"],
+            "defaults": {"temperature": 0.7},
+            "preload": False,
+        },
+        "details": {
+            "source": "hub",
+            "cached": True,
+            "files": [{"name": f"f{i}.safetensors", "size": 10} for i in range(6)],
+            "size_bytes": 800 * 2**20,
+            "architectures": ["Qwen2ForCausalLM"],
+            "quantization": {"bits": 4, "group_size": 64},
+        },
+    }
+    text = render(views.show_panel(data, now=NOW))
+    assert_fits(text)
+    for expected in (
+        "qwen",
+        "loaded",
+        "pid 4242, port 50123",
+        "1.2 GiB",
+        "idle left",
+        "6m55s",
+        "42 total, 0 in flight, 0 waiting",
+        "TTFT ms",
+        '{"temperature": 0.7}',
+        "6 (f0.safetensors, f1.safetensors",
+        "800 MiB",
+        "Qwen2ForCausalLM",
+        '{"bits": 4, "group_size": 64}',
+    ):
+        assert expected in text, expected
+
+
+def test_show_panel_of_a_failed_model() -> None:
+    data = {**sample_stats()["models"][3], "config": {}, "details": {}}
+    text = render(views.show_panel(data, now=NOW))
+    assert "failed" in text and "the worker exited with code 1" in text
+    assert "idle left" not in text
+
+
+def event(kind: str, model: str | None = "qwen", **data: Any) -> dict[str, Any]:
+    return {"seq": 7, "ts": NOW, "kind": kind, "model": model, **data}
+
+
+@pytest.mark.parametrize(
+    ("evt", "expected"),
+    [
+        (
+            event("worker.state", old="stopped", new="starting"),
+            "22:13:20 worker.state   qwen stopped → starting",
+        ),
+        (
+            event("model.loaded", duration_s=1.234, pid=55, type="text", log_tail="x\ny"),
+            "22:13:20 model.loaded   qwen in 1.23s pid=55 type=text",
+        ),
+        (
+            event("model.unloaded", duration_s=0.014, reason="idle", was="ready"),
+            "22:13:20 model.unloaded qwen in 14ms reason=idle was=ready",
+        ),
+        (event("swap", to="llama"), "22:13:20 swap           qwen → llama"),
+        (
+            event(
+                "request",
+                endpoint="/v1/chat/completions",
+                stream=True,
+                status=200,
+                queued_s=0.0,
+                ttft_s=0.045,
+                latency_s=0.5,
+                prompt_tokens=5,
+                completion_tokens=40,
+                tokens_per_s=88.9,
+                retries=0,
+                error=None,
+            ),
+            "22:13:20 request        qwen 200 /v1/chat/completions 40 tok ttft 45ms total "
+            "500ms 89 tok/s",
+        ),
+        (
+            event("request", endpoint="/v1/embeddings", status=503, error="queue full"),
+            "22:13:20 request        qwen 503 /v1/embeddings error=queue full",
+        ),
+        (
+            event("worker.crashed", exit_code=-9, log_tail="boom"),
+            "22:13:20 worker.crashed qwen exit_code=-9",
+        ),
+        (
+            event("config.reload", None, status="ok", added=[], changed=["a", "b"]),
+            "22:13:20 config.reload  status=ok changed=a,b",
+        ),
+        (event("supervisor.stopped", None), "22:13:20 supervisor.stopped"),
+    ],
+)
+def test_event_line(evt: dict[str, Any], expected: str) -> None:
+    line = views.event_line(evt, tz=UTC)
+    assert line.plain.rstrip() == expected
+
+
+def test_event_line_colors_the_kind() -> None:
+    line = views.event_line(event("worker.crashed", exit_code=1), tz=UTC)
+    styles = {line.plain[span.start : span.end].strip(): str(span.style) for span in line.spans}
+    assert styles["worker.crashed"] == "bold red"
+    request = views.event_line(event("request", status=500, endpoint="/x"), tz=UTC)
+    assert any(str(span.style) == "red" for span in request.spans)
+
+
+def test_reload_summary() -> None:
+    # The shape of supervisor.reload's answer.
+    ok = views.reload_summary(
+        {
+            "status": "ok",
+            "error": None,
+            "trigger": "api",
+            "added": ["new"],
+            "removed": [],
+            "changed": ["qwen", "llama"],
+            "restarted": ["qwen"],
+            "updated": ["llama"],
+            "unchanged": ["a"],
+            "server_changed": ["idle_timeout"],
+            "restart_needed": ["port"],
+        }
+    ).plain
+    assert "added         new" in ok and "removed" not in ok
+    assert "restarting    qwen" in ok and "updated       llama" in ok
+    assert "server        idle_timeout" in ok and "needs restart port" in ok
+    assert "mlx-serve restart" in ok and ok.endswith("unchanged     a")
+    nothing = views.reload_summary(
+        {"status": "ok", "added": [], "removed": [], "changed": [], "unchanged": ["a"]}
+    ).plain
+    assert nothing.startswith("no changes")
+    older = views.reload_summary({"status": "ok", "changed": ["b"]}).plain
+    assert older.startswith("changed       b"), "without the split, 'changed' is shown"
+    bad = views.reload_summary({"status": "invalid", "error": "models.yaml:3: bad"}).plain
+    assert "invalid" in bad and "models.yaml:3: bad" in bad
+
+
+# ------------------------------------------------------------------ client helpers
+
+
+def test_api_errors_are_read_from_the_openai_shape() -> None:
+    body = {"error": {"message": "model 'x' not found", "type": "invalid", "code": "nf"}}
+    error = _api_error(404, "Not Found", json.dumps(body).encode())
+    assert (error.status, error.message, error.code) == (404, "model 'x' not found", "nf")
+    html = _api_error(502, "Bad Gateway", b"<html>\n<body>proxy</body>")
+    assert html.message == "HTTP 502 Bad Gateway: <html>"
+    unauthorized = _api_error(401, "Unauthorized", b'{"error": {"message": "key"}}')
+    assert type(unauthorized).__name__ == "Unauthorized"
+
+
+def test_url_for_a_bind_address() -> None:
+    assert _url_for("127.0.0.1", 8095) == "http://127.0.0.1:8095"
+    assert _url_for("0.0.0.0", 80) == "http://127.0.0.1:80"
+    assert _url_for("::", 9) == "http://[::1]:9"
+    assert _url_for("fe80::1", 9) == "http://[fe80::1]:9"
+
+
+def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "models.yaml"
+    cfg.write_text(
+        f"server: {{host: 0.0.0.0, port: 9999, api_key: from-config, data_dir: {tmp_path}/d}}\n"
+        "models:\n  qwen: {path: org/qwen, aliases: [q]}\n"
+    )
+    monkeypatch.delenv("MLX_SERVE_URL", raising=False)
+    monkeypatch.delenv("MLX_API_KEY", raising=False)
+    settings = load_settings(config=cfg)
+    assert (settings.url, settings.api_key) == ("http://127.0.0.1:9999", "from-config")
+    assert settings.data_dir == tmp_path / "d" and settings.config_error is None
+    assert settings.model_names == {"qwen": "qwen", "q": "qwen"}
+    monkeypatch.setenv("MLX_SERVE_URL", "http://other:1/")
+    monkeypatch.setenv("MLX_API_KEY", "from-env")
+    settings = load_settings(config=cfg)
+    assert (settings.url, settings.api_key) == ("http://other:1", "from-config")  # as the server
+    cfg.write_text(cfg.read_text().replace("api_key: from-config, ", ""))
+    assert load_settings(config=cfg).api_key == "from-env"
+    settings = load_settings("http://flag:2", "from-flag", config=cfg)
+    assert (settings.url, settings.api_key) == ("http://flag:2", "from-flag")
+
+
+def test_settings_survive_a_broken_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLX_SERVE_URL", raising=False)
+    monkeypatch.setenv("MLX_SERVE_HOME", str(tmp_path / "home"))
+    cfg = tmp_path / "models.yaml"
+    cfg.write_text("server: {port: nope}\n")
+    settings = load_settings(config=cfg)
+    assert settings.url == "http://127.0.0.1:8095" and settings.data_dir == tmp_path / "home"
+    assert settings.config_error is not None and "port" in settings.config_error
+    # A file being edited: the server section is still readable, the models are not.
+    cfg.write_text("server: {port: 9001, api_key: k, data_dir: d}\nmodels:\n  m: {path: 3}\n")
+    settings = load_settings(config=cfg)
+    assert (settings.url, settings.api_key) == ("http://127.0.0.1:9001", "k")
+    assert settings.data_dir == tmp_path / "d" and settings.config_error is not None
+    missing = load_settings(config=tmp_path / "nope.yaml")
+    assert missing.config_error is not None and "not found" in missing.config_error
+
+
+@pytest.mark.parametrize("name", ["qwen", "org/c:latest", "..", "a b", "ünï", ".hidden."])
+def test_worker_log_path_matches_the_supervisor(name: str) -> None:
+    from mlx_serve.supervisor.worker import _safe_filename
+
+    assert worker_log_path(Path("/d"), name) == Path("/d/logs") / f"{_safe_filename(name)}.log"
+
+
+# ------------------------------------------------------------------ drift guard
+
+
+async def test_sample_json_has_the_keys_the_server_sends(tmp_path: Path) -> None:
+    """Build the real ``/api/stats`` answer (fake workers, no processes) and compare keys."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from mlx_serve.config import ModelType, parse_config_text
+    from mlx_serve.observability.request_stats import RequestStats
+    from mlx_serve.router import management
+    from mlx_serve.router.keys import STATS, SUPERVISOR
+    from mlx_serve.supervisor import Supervisor
+    from mlx_serve.testing import FakeLauncher, InstantDriver
+
+    launcher = FakeLauncher()
+    supervisor = Supervisor(
+        parse_config_text("models:\n  qwen: {path: org/qwen}\n"),
+        data_dir=tmp_path,
+        launcher=launcher,
+        drivers={ModelType.TEXT: InstantDriver(launcher)},
+    )
+    app = web.Application()
+    app[SUPERVISOR] = supervisor
+    app[STATS] = RequestStats()
+    response = await management.stats(make_mocked_request("GET", "/api/stats", app=app))
+    assert isinstance(response, web.Response) and response.text is not None
+    real = json.loads(response.text)
+    sample = sample_stats()
+    assert set(sample) == set(real)
+    assert set(sample["memory"]) == set(real["memory"])
+    assert set(sample["queue"]) == set(real["queue"])
+    assert set(sample["models"][0]) == set(real["models"][0])
+    assert set(sample["models"][0]["metrics"]) == set(real["models"][0]["metrics"])
+    assert real["models"][0]["status"] in views.STATUS_STYLES
