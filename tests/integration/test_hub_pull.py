@@ -267,7 +267,7 @@ async def test_cancelling_the_task_stops_the_download_promptly(
 
     task = asyncio.create_task(consume())
     await asyncio.wait_for(started.wait(), 15)
-    await asyncio.sleep(0.3)  # let bytes flow
+    await eventually(lambda: hub.bytes_sent(WEIGHTS) > 0, what="bytes flowing")
     assert hub_children()
     t0 = time.monotonic()
     task.cancel()
@@ -276,9 +276,7 @@ async def test_cancelling_the_task_stops_the_download_promptly(
     assert time.monotonic() - t0 < 1.0
     assert not hub_children()
 
-    sent = hub.bytes_sent(WEIGHTS)
-    await asyncio.sleep(0.3)
-    assert hub.bytes_sent(WEIGHTS) == sent  # nobody is downloading any more
+    # The download process is gone (asserted above), so nothing can still be receiving.
     assert not exists(hf_cache / STORAGE / "snapshots" / hub.commit(REPO) / WEIGHTS)
 
     hub.slow_bytes_per_s = None
