@@ -1,0 +1,162 @@
+"""Per model type: worker import time, load time, first-response time and peak RSS.
+
+``python -m bench.model_types`` starts the real server (in-process) on one tiny model of every
+type (the demo's models), requests each type once under ``max_loaded_models: 1`` and reports,
+per type: the load event's timings (import / load split where the worker reports it), the
+time from request to first response byte including the swap, and the worker's peak RSS
+(``VmHWM`` from /proc, read just before it is swapped out; Linux only). Writes
+``bench/results/model_types.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from PIL import Image
+
+from mlx_serve.config import load_config
+from mlx_serve.demo import demo_models
+from mlx_serve.server import ServerHandle, serve
+from mlx_serve.workers.process import free_port
+
+
+def _png() -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _peak_rss(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _requests() -> dict[str, tuple[str, dict[str, Any]]]:
+    chat = "/v1/chat/completions"
+    image = [
+        {"type": "text", "text": "what is it?"},
+        {"type": "image_url", "image_url": {"url": _png()}},
+    ]
+    return {
+        "text": (chat, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}),
+        "vision": (chat, {"messages": [{"role": "user", "content": image}], "max_tokens": 8}),
+        "embedding": ("/v1/embeddings", {"input": ["a cat", "a kitten"]}),
+        "tts": ("/v1/audio/speech", {"input": "Hello there.", "response_format": "wav"}),
+    }
+
+
+async def _request(http: aiohttp.ClientSession, name: str, kind: str, wav: bytes) -> float:
+    """Send one request of the model's kind; seconds to the first response byte."""
+    started = time.perf_counter()
+    if kind == "stt":
+        form = aiohttp.FormData()
+        form.add_field("file", io.BytesIO(wav), filename="a.wav", content_type="audio/wav")
+        form.add_field("model", name)
+        ctx = http.post("/v1/audio/transcriptions", data=form)
+    else:
+        path, body = _requests()[kind]
+        ctx = http.post(path, json={"model": name, **body})
+    async with ctx as resp:
+        await resp.content.readany()
+        first = time.perf_counter() - started
+        await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{name}: HTTP {resp.status}")
+    return first
+
+
+async def measure(workdir: Path) -> list[dict[str, Any]]:
+    models = demo_models(workdir / "models")
+    models.pop("demo-llama-b")
+    config_path = workdir / "models.yaml"
+    import yaml
+
+    port = free_port()
+    server = {"port": port, "data_dir": str(workdir / "data"), "memory_guard": False}
+    config_path.write_text(yaml.safe_dump({"server": server, "models": models}))
+    config = load_config(config_path)
+    ready: asyncio.Future[ServerHandle] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve(config, data_dir=workdir / "data", on_ready=ready.set_result, handle_signals=False)
+    )
+    handle = await ready
+    loaded: dict[str, dict[str, Any]] = {}
+    handle.supervisor.events.add_listener(
+        lambda e: loaded.__setitem__(e.model or "", e.data) if e.kind == "model.loaded" else None
+    )
+    rows: list[dict[str, Any]] = []
+    wav = b""
+    try:
+        async with aiohttp.ClientSession(base_url=handle.url) as http:
+            for name, spec in models.items():
+                first = await _request(http, name, spec["type"], wav)
+                if spec["type"] == "tts":
+                    async with http.post(
+                        "/v1/audio/speech", json={"model": name, "input": "Hello there."}
+                    ) as r:
+                        wav = await r.read()
+                worker = handle.supervisor.workers[name]
+                info = loaded.get(name, {})
+                warm = await _request(http, name, spec["type"], wav)
+                peak = _peak_rss(worker.pid)  # after both requests, before the next swap
+                rows.append({
+                    "type": spec["type"], "model": name,
+                    "load_s": info.get("duration_s"), "import_s": info.get("import_s"),
+                    "model_load_s": info.get("load_s"),
+                    "first_response_s": round(first, 3),
+                    "warm_response_s": round(warm, 3),
+                    "peak_rss_mib": None if peak is None else round(peak / 2**20),
+                })  # fmt: skip
+    finally:
+        handle.stop()
+        await task
+    return rows
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| type | load event (s) | import (s) | model load (s) "
+        "| request -> first byte, incl. swap (s) | warm request (s) | peak RSS (MiB) |"
+    )
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [r["type"], r["load_s"], r["import_s"], r["model_load_s"], r["first_response_s"],
+                 r["warm_response_s"], r["peak_rss_mib"]]  # fmt: skip
+        lines.append("| " + " | ".join("—" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = asyncio.run(measure(Path(tmp)))
+    table = render(rows)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "model_types.md").write_text(
+        "# Per model type (tiny local models, Linux CPU, 2 cores)\n\n" + table
+    )
+    (args.out / "model_types.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
