@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +151,45 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
             timeout=10,
             what=f"worker processes {sorted(run.pids)} to exit",
         )
+
+
+@contextlib.asynccontextmanager
+async def cli_server(
+    config: Path, port: int, home: Path, log: Path | None = None
+) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """``mlx-serve start --config CONFIG`` as a real process, until it listens on ``port``;
+    terminated (then killed) on exit."""
+    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; waits go to threads
+        [sys.executable, "-m", "mlx_serve.cli.main", "start", "--config", str(config)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLX_SERVE_HOME": str(home)},
+    )
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            return True  # exited: the assertion below says so
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    try:
+        await eventually(listening, timeout=60, what="mlx-serve start to listen")
+        assert proc.poll() is None, f"the server exited; see {log}"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                await asyncio.to_thread(proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait, 10)
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
 
 
 def _alive(pid: int) -> bool:

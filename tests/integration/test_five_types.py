@@ -24,7 +24,7 @@ from mlx_serve.tiny_models.audio import build_stt_model, build_tts_model
 from mlx_serve.tiny_models.embedding import embedding_model_dir
 from mlx_serve.tiny_models.vision import build_vision_model
 from tests.conftest import eventually
-from tests.integration.conftest import Running, StartServer
+from tests.integration.conftest import Running, StartServer, cli_server
 
 pytestmark = pytest.mark.slow
 
@@ -169,11 +169,6 @@ async def test_server_memory_returns_after_every_unload(
 ) -> None:
     """The router process itself never holds a model: its RSS after all the loads and unloads
     stays within 30 MB of where it was before the first load (workers take theirs along)."""
-    import asyncio
-    import os
-    import socket
-    import subprocess
-    import sys
 
     import aiohttp
     import yaml
@@ -187,22 +182,7 @@ async def test_server_memory_returns_after_every_unload(
             {"server": {"port": port, "data_dir": str(tmp_path / "data")}, "models": five_models}
         )
     )
-    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; waits go to threads
-        [sys.executable, "-m", "mlx_serve.cli.main", "start", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "MLX_SERVE_HOME": str(tmp_path)},
-    )
-    try:
-
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            except OSError:
-                return proc.poll() is not None
-            return True
-
-        await eventually(listening, timeout=60, what="server listening")
+    async with cli_server(config, port, tmp_path) as proc:
         server = psutil.Process(proc.pid)
         url = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession(base_url=url) as http:
@@ -237,6 +217,3 @@ async def test_server_memory_returns_after_every_unload(
             await eventually(nothing_loaded, timeout=30, what="every worker gone")
             after = server.memory_info().rss
         assert after - before < 30 * 2**20, f"router RSS grew by {(after - before) / 2**20:.1f} MiB"
-    finally:
-        proc.terminate()
-        await asyncio.to_thread(proc.wait, 30)

@@ -3,12 +3,7 @@ change keep their worker (same pid) through every step."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +15,7 @@ from mlx_serve.supervisor.events import Event
 from mlx_serve.testing import FakeWorkerDriver
 from mlx_serve.workers.process import free_port
 from tests.conftest import eventually
-from tests.integration.conftest import Running, StartServer
+from tests.integration.conftest import Running, StartServer, cli_server
 
 pytestmark = pytest.mark.slow
 
@@ -127,22 +122,7 @@ async def test_sighup_reloads(tmp_path: Path, tiny_models: dict[str, Path]) -> N
     config = tmp_path / "models.yaml"
     server = {"port": port, "data_dir": str(tmp_path / "data")}
     write(config, {"tiny": {"path": str(tiny_models["a"])}}, **server)
-    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-        [sys.executable, "-m", "mlx_serve.cli.main", "start", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "MLX_SERVE_HOME": str(tmp_path)},
-    )
-    try:
-
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            except OSError:
-                return proc.poll() is not None
-            return True
-
-        await eventually(listening, timeout=60, what="listening")
+    async with cli_server(config, port, tmp_path) as proc:
         # Change the file in place while the watcher is paused by nothing: SIGHUP must reload
         # even if the file watcher were off, so check the event log for the sighup trigger.
         write(
@@ -158,6 +138,3 @@ async def test_sighup_reloads(tmp_path: Path, tiny_models: dict[str, Path]) -> N
 
         await eventually(reloaded_by_sighup, timeout=20, what="a SIGHUP reload event")
         assert proc.poll() is None
-    finally:
-        proc.terminate()
-        await asyncio.to_thread(proc.wait, 30)

@@ -230,6 +230,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _train_tokenizer(vocab_size: int) -> Any:
     """Train a byte-level BPE tokenizer with exactly ``vocab_size`` tokens."""
+    return train_bpe_tokenizer(vocab_size, _SPECIAL_TOKENS)
+
+
+def train_bpe_tokenizer(vocab_size: int, special_tokens: tuple[str, ...]) -> Any:
+    """A byte-level BPE tokenizer trained on the built-in corpus, with exactly ``vocab_size``
+    tokens and ``special_tokens`` first (shared by every tiny model builder)."""
     from tokenizers import (  # noqa: PLC0415 -- optional extra, see _write_weights
         Tokenizer,
         decoders,
@@ -243,7 +249,7 @@ def _train_tokenizer(vocab_size: int) -> Any:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(_SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_serve.tiny_models._atomic import build_once
-from mlx_serve.tiny_models.text import _CORPUS, _name_seed, _write_json
+from mlx_serve.tiny_models.text import _name_seed, _write_json, train_bpe_tokenizer
 
 __all__ = ["BUILD_VERSION", "build_vision_model"]
 
@@ -208,29 +208,7 @@ def _write_model_dir(out: Path, *, seed: int) -> None:
 
 def _train_tokenizer(vocab_size: int) -> Any:
     """A byte-level BPE tokenizer with exactly ``vocab_size`` tokens, Qwen's specials first."""
-    from tokenizers import (  # noqa: PLC0415 -- optional extra, only needed to build
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        trainers,
-    )
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_CORPUS.split("\n\n"), trainer=trainer)
-    # Every id below vocab_size may be sampled, so every id must exist.
-    missing = vocab_size - tokenizer.get_vocab_size(with_added_tokens=True)
-    if missing > 0:
-        tokenizer.add_special_tokens([f"<|reserved_{i}|>" for i in range(missing)])
-    return tokenizer
+    return train_bpe_tokenizer(vocab_size, tuple(_SPECIAL_TOKENS))
 
 
 def _quiet_ids(tokenizer: Any) -> list[int]:
