@@ -138,3 +138,17 @@ async def test_sighup_reloads(tmp_path: Path, tiny_models: dict[str, Path]) -> N
 
         await eventually(reloaded_by_sighup, timeout=20, what="a SIGHUP reload event")
         assert proc.poll() is None
+
+
+async def test_reload_can_turn_the_api_key_on(start_server: StartServer) -> None:
+    run = await start_server({"a": {"path": "fake/a"}}, drivers=FAKE, watch_config=False)
+    source = run.supervisor.config.source
+    assert source is not None
+    port = run.supervisor.config.server.port
+    assert (await run.chat("a"))[0] == 200
+    write(source, {"a": {"path": "fake/a"}}, port=port, watch_config=False, api_key="new-key")
+    async with run.http.post("/api/reload") as r:
+        assert r.status == 200  # no key was needed when the request arrived
+    assert (await run.chat("a"))[0] == 401
+    async with run.http.get("/api/stats", headers={"Authorization": "Bearer new-key"}) as r:
+        assert r.status == 200

@@ -14,7 +14,7 @@ from mlx_serve.errors import error_middleware
 from mlx_serve.observability.memory import watch_memory
 from mlx_serve.observability.prometheus import Metrics
 from mlx_serve.observability.request_stats import RequestStats
-from mlx_serve.router.auth import make_auth_middleware, resolve_api_key
+from mlx_serve.router.auth import auth_middleware
 from mlx_serve.router.keys import HTTP, METRICS, STATS, SUPERVISOR
 from mlx_serve.router.management import add_routes as add_management_routes
 from mlx_serve.router.openai_routes import add_routes
@@ -28,9 +28,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 def make_app(supervisor: Supervisor) -> web.Application:
     """The router for ``supervisor``. Starting and stopping the supervisor is the caller's."""
     middlewares: list[Middleware] = [error_middleware]
-    api_key = resolve_api_key(supervisor.config.server.api_key)
-    if api_key:
-        middlewares.append(make_auth_middleware(api_key))  # inside: its 401 is rendered as JSON
+    middlewares.append(auth_middleware)  # inside the error middleware: its 401 becomes JSON
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[SUPERVISOR] = supervisor
     app[STATS] = RequestStats()

@@ -12,7 +12,6 @@ import hmac
 import os
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from mlx_serve.errors import ApiError, Handler
 from mlx_serve.router.keys import SUPERVISOR
@@ -35,27 +34,25 @@ def _presented(request: web.Request) -> str | None:
     return request.headers.get("X-Api-Key") or None
 
 
-def make_auth_middleware(api_key: str) -> Middleware:
-    expected = api_key.encode()
-
-    @web.middleware
-    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS and request.method in ("GET", "HEAD"):
-            return await handler(request)
-        presented = _presented(request)
-        if presented is None or not hmac.compare_digest(presented.encode(), expected):
-            request.app[SUPERVISOR].events.emit(
-                "auth.failed",
-                path=request.path,
-                remote=request.remote,
-                reason="missing" if presented is None else "wrong key",
-            )
-            raise ApiError(
-                401,
-                "a valid API key is required: send 'Authorization: Bearer <key>'",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the key in force *now*: a config reload may set, change or remove it."""
+    supervisor = request.app[SUPERVISOR]
+    api_key = resolve_api_key(supervisor.config.server.api_key)
+    if api_key is None or (request.path in OPEN_PATHS and request.method in ("GET", "HEAD")):
         return await handler(request)
-
-    return auth_middleware
+    presented = _presented(request)
+    if presented is None or not hmac.compare_digest(presented.encode(), api_key.encode()):
+        supervisor.events.emit(
+            "auth.failed",
+            path=request.path,
+            remote=request.remote,
+            reason="missing" if presented is None else "wrong key",
+        )
+        raise ApiError(
+            401,
+            "a valid API key is required: send 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return await handler(request)
