@@ -37,6 +37,8 @@ from typing import Any
 import aiohttp
 import psutil
 
+from tests.conftest import POLL_INTERVAL
+
 #: Where Debian's ``chromium`` package puts the launcher; ``$CHROMIUM`` overrides it.
 DEFAULT_BINARY = "/usr/bin/chromium"
 
@@ -321,7 +323,7 @@ class Browser:
                     f"timed out after {timeout}s waiting for {what or predicate} "
                     f"(last value {value!r}; page errors: {errors})"
                 )
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(POLL_INTERVAL)
 
     async def screenshot(self, path: Path | str, *, full_page: bool = False) -> Path:
         """Save a PNG of the viewport (or of the whole page) to ``path``."""
@@ -380,7 +382,7 @@ async def _devtools_url(proc: asyncio.subprocess.Process, profile: Path, timeout
                 return f"ws://127.0.0.1:{int(lines[0])}{lines[1]}"
         if time.monotonic() > deadline:
             raise TimeoutError(f"Chromium wrote no {port_file} within {timeout}s")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(POLL_INTERVAL)
 
 
 async def _kill_group(proc: asyncio.subprocess.Process) -> None:
@@ -396,7 +398,7 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> None:
     while _group_alive(proc.pid) and time.monotonic() < deadline:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(POLL_INTERVAL)
 
 
 def _group_alive(pgid: int) -> bool:

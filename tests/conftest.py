@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+#: How often waits on a condition re-check it (every wait also has a deadline).
+POLL_INTERVAL = 0.01
+
+
 async def eventually(
     predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
 ) -> None:
@@ -20,4 +24,4 @@ async def eventually(
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(POLL_INTERVAL)

@@ -30,6 +30,7 @@ import pytest_asyncio
 from mlx_serve.tiny_models.audio import STT_TEXT, build_stt_model, build_tts_model
 from mlx_serve.workers import audio_codec
 from mlx_serve.workers.process import free_port, read_log_tail
+from tests.conftest import POLL_INTERVAL
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -83,7 +84,7 @@ async def wait_ready(worker: Worker, http: aiohttp.ClientSession) -> None:
                     worker.health = await resp.json()
                     worker.ready_s = time.monotonic() - worker.ready_s
                     return
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(POLL_INTERVAL)
 
 
 async def stop(worker: Worker) -> None:

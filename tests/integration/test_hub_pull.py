@@ -1,7 +1,7 @@
 """``mlx_serve.hub.pull`` against the fake hub: real child processes, real huggingface_hub.
 
 Every test gets its own HF_HOME / HF_HUB_CACHE under tmp_path and a fresh fake hub on
-HF_ENDPOINT; nothing can reach huggingface.co (conftest sets HF_HUB_OFFLINE=1 for everything
+HF_ENDPOINT; nothing can reach the real hub (conftest sets HF_HUB_OFFLINE=1 for everything
 else, the pulls here unset it and point huggingface_hub at the fake).
 """
 

@@ -41,6 +41,7 @@ from mlx_serve.workers.process import (
     read_log_tail,
 )
 from mlx_serve.workers.vision import VisionDriver
+from tests.conftest import POLL_INTERVAL
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -93,7 +94,7 @@ async def start_worker(
         details = await driver.probe(http, url, model, timeout=10)
         if details is not None:
             return Worker(proc, url, model, log, time.monotonic() - started, details, http)
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(POLL_INTERVAL)
 
 
 async def stop_worker(proc: WorkerProcess) -> None:
