@@ -74,6 +74,21 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def mlx_memory() -> dict[str, int]:
+    """MLX's own allocator counters (Metal memory on Apple silicon, which RSS under-reports
+    because it is wired GPU memory): active, peak and cached bytes."""
+    try:
+        import mlx.core as mx  # noqa: PLC0415 - already imported by every model library
+
+        return {
+            "mlx_active_bytes": int(mx.get_active_memory()),
+            "mlx_peak_bytes": int(mx.get_peak_memory()),
+            "mlx_cache_bytes": int(mx.get_cache_memory()),
+        }
+    except (ImportError, AttributeError, RuntimeError):
+        return {}
+
+
 def serve_model(
     description: str,
     *,
@@ -116,6 +131,7 @@ def serve_model(
                 "model": args.model,
                 "pid": os.getpid(),
                 "peak_rss_bytes": peak_rss_bytes(),
+                **mlx_memory(),
                 **timings,
             }
         )

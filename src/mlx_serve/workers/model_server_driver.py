@@ -48,5 +48,5 @@ class ModelServerDriver:
                 data = await resp.json()
         except (TimeoutError, aiohttp.ClientConnectionError):
             return None
-        keys = ("import_s", "load_s", "peak_rss_bytes")
+        keys = ("import_s", "load_s", "peak_rss_bytes", "mlx_active_bytes", "mlx_peak_bytes")
         return {k: data[k] for k in keys if k in data} if isinstance(data, dict) else {}
