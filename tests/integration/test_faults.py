@@ -124,6 +124,7 @@ async def test_client_disconnect_mid_stream_aborts_upstream(start_server: StartS
     await eventually(lambda: worker.inflight == 0, what="the request released its lease")
     request = next(e for e in run.events if e.kind == "request")
     assert request.data["completion_tokens"] < 1000
+    assert request.data["status"] == 499, "a client that left is not a worker failure"
 
 
 async def test_crash_while_idle_is_noticed_without_a_request(start_server: StartServer) -> None:

@@ -623,3 +623,11 @@ def test_load_sets_source(tmp_path: Path) -> None:
     cfg = load_config(path)
     assert cfg.source == path
     assert parse_config_text("").source is None
+
+
+@pytest.mark.parametrize("value", [10**400, "9" * 400, "9" * 400 + "s", float("inf")])
+def test_durations_too_large_to_represent_are_errors(value: object) -> None:
+    # Regression (review): a 400-digit keep_alive raised OverflowError (a 500) or became
+    # infinity (a model that never unloads, and "Infinity" in JSON answers).
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(value)

@@ -350,3 +350,60 @@ async def test_a_bug_while_starting_fails_the_waiters_instead_of_stranding_them(
     with pytest.raises(WorkerStartError, match="boom"):
         await asyncio.wait_for(h.sup.load("a"), 5)
     assert h.state("a") is S.FAILED
+
+
+async def test_a_request_is_never_admitted_to_a_worker_chosen_for_stopping(make) -> None:  # type: ignore[no-untyped-def]
+    # Regression (review): an idle stop was decided while the worker was still READY, and a
+    # request arriving before the stop task ran was admitted to the dying worker.
+    h = await make(["a"], idle_timeout=60)
+    await h.sup.load("a")
+    h.clock.advance(61)
+    h.sup.scheduler.step()  # decides Stop(a, idle); the stop task has not run yet
+    assert h.state("a") is S.DRAINING
+    request = asyncio.create_task(h.sup.load("a"))
+    await asyncio.wait_for(request, 5)  # queued, then served by a fresh worker
+    assert len(h.launcher.launched) == 2 and h.state("a") is S.READY
+
+
+async def test_removed_model_with_a_queued_request_does_not_break_the_scheduler(make) -> None:  # type: ignore[no-untyped-def]
+    # Regression (review): a waiter for a model removed by a reload raised KeyError inside
+    # the scheduler loop, which died silently; every later request then hung.
+    h = await make(["a", "b"])
+    release, task = await h.hold("a")
+    removal = asyncio.create_task(h.sup.remove_worker("a"))
+    await eventually(lambda: h.state("a") is S.DRAINING, what="a draining")
+    late = asyncio.create_task(h.sup.load("a"))  # the router resolved "a" before the reload
+    await eventually(lambda: h.sup.scheduler.waiting("a") == 1, what="late request queued")
+    release.set()
+    await task
+    await asyncio.wait_for(removal, 5)
+    with pytest.raises(WorkerStartError, match="removed from the config"):
+        await asyncio.wait_for(late, 5)
+    await asyncio.wait_for(h.sup.load("b"), 5)  # the scheduler still works
+
+
+async def test_shutdown_during_a_stop_still_reaps_the_process(make) -> None:  # type: ignore[no-untyped-def]
+    # Regression (review): shutdown cancelled a running stop after SIGTERM, leaving the
+    # worker STOPPING and its process never SIGKILLed nor reaped.
+    h = await make(["a"], idle_timeout=1, stop_timeout=0.2)
+    h.launcher.ignore_sigterm = True
+    await h.sup.load("a")
+    h.poke(2)  # idle stop begins; SIGTERM is ignored, SIGKILL follows after 0.2 s
+    await eventually(lambda: h.state("a") is S.STOPPING, what="stopping")
+    await h.sup.shutdown()
+    assert h.state("a") is S.STOPPED and not h.launcher.alive()
+    assert h.launcher.launched[0].signals[-1] == SIGKILL
+
+
+async def test_an_unload_voided_by_a_crash_does_not_drain_the_next_load(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"])
+    release, task = await h.hold("a")
+    unload = asyncio.create_task(h.sup.unload("a"))
+    await eventually(lambda: h.state("a") is S.DRAINING, what="draining")
+    h.launcher.launched[0].exit(1)  # crashes instead of finishing
+    await asyncio.wait_for(unload, 5)
+    release.set()
+    await task
+    await h.sup.load("a")
+    await h.settle()
+    assert h.state("a") is S.READY, "a stale unload request drained the fresh worker"

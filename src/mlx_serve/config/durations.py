@@ -47,17 +47,25 @@ def parse_duration(value: object) -> float:
     Booleans, NaN/infinity and anything else raise ``ValueError`` with a message that can
     be shown to the user as is.
     """
+    try:
+        seconds = _parse(value)
+    except OverflowError as exc:  # a 400-digit integer: no float holds it
+        raise _invalid(value) from exc
+    # "999...9" parses to inf; a duration nobody can wait for is a mistake, and inf would
+    # also leak into JSON answers as the non-standard Infinity.
+    if not math.isfinite(seconds):
+        raise _invalid(value)
+    return seconds
+
+
+def _parse(value: object) -> float:
     # bool is an int subclass; "idle_timeout: yes" is a mistake, not one second.
     if isinstance(value, bool):
         raise _invalid(value)
     if isinstance(value, int | float):
-        seconds = float(value)
-        if not math.isfinite(seconds):
-            raise _invalid(value)
-        return seconds
+        return float(value)
     if not isinstance(value, str):
         raise _invalid(value)
-
     text = value.strip()
     if _PLAIN_NUMBER.fullmatch(text):
         return float(text)

@@ -19,8 +19,8 @@ from mlx_serve.errors import ApiError
 from mlx_serve.observability.memory import own_rss_bytes, system_memory, tree_rss_bytes
 from mlx_serve.observability.prometheus import CONTENT_TYPE
 from mlx_serve.router.keys import METRICS, STATS, SUPERVISOR
-from mlx_serve.router.openai_routes import pop_keep_alive, read_json_object
-from mlx_serve.supervisor import Supervisor, WorkerStartError
+from mlx_serve.router.openai_routes import lifecycle_error, pop_keep_alive, read_json_object
+from mlx_serve.supervisor import QueueFull, ShuttingDown, Supervisor, WorkerStartError
 from mlx_serve.supervisor.reload import reload_from_file
 from mlx_serve.supervisor.states import RESIDENT, WorkerState
 
@@ -149,9 +149,8 @@ async def load_model(request: web.Request) -> web.StreamResponse:
 async def _load(supervisor: Supervisor, name: str, keep_alive: float | None) -> None:
     try:
         await supervisor.load(name, keep_alive=keep_alive)
-    except WorkerStartError as exc:
-        status = 507 if exc.code == "insufficient_memory" else 503
-        raise ApiError(status, str(exc), code=exc.code or "model_unavailable") from exc
+    except (QueueFull, WorkerStartError, ShuttingDown) as exc:
+        raise lifecycle_error(exc) from exc
 
 
 async def unload_model(request: web.Request) -> web.Response:

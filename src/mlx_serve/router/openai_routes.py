@@ -131,6 +131,17 @@ def _check_context_length(context_length: int | None, body: dict[str, Any]) -> N
             )
 
 
+def lifecycle_error(exc: QueueFull | WorkerStartError | ShuttingDown) -> ApiError:
+    """What a client is told when the supervisor cannot give it a worker."""
+    if isinstance(exc, QueueFull):
+        return ApiError(503, str(exc), code="queue_full", headers={"Retry-After": RETRY_AFTER})
+    if isinstance(exc, ShuttingDown):
+        return ApiError(503, "mlx-serve is shutting down", code="shutting_down")
+    if exc.code == "insufficient_memory":  # retrying will not help: 507, no Retry-After
+        return ApiError(507, str(exc), code=exc.code)
+    return ApiError(503, str(exc), code="model_unavailable", headers={"Retry-After": RETRY_AFTER})
+
+
 async def _serve(
     request: web.Request,
     *,
@@ -152,22 +163,10 @@ async def _serve(
     except ApiError as exc:
         trace.status, trace.error = exc.status, exc.message
         raise
-    except QueueFull as exc:
-        trace.status, trace.error = 503, str(exc)
-        raise ApiError(
-            503, str(exc), code="queue_full", headers={"Retry-After": RETRY_AFTER}
-        ) from exc
-    except WorkerStartError as exc:
-        if exc.code == "insufficient_memory":  # retrying will not help: 507, no Retry-After
-            trace.status, trace.error = 507, exc.reason
-            raise ApiError(507, str(exc), code=exc.code) from exc
-        trace.status, trace.error = 503, exc.reason
-        raise ApiError(
-            503, str(exc), code="model_unavailable", headers={"Retry-After": RETRY_AFTER}
-        ) from exc
-    except ShuttingDown as exc:
-        trace.status, trace.error = 503, "shutting down"
-        raise ApiError(503, "mlx-serve is shutting down", code="shutting_down") from exc
+    except (QueueFull, WorkerStartError, ShuttingDown) as exc:
+        error = lifecycle_error(exc)
+        trace.status, trace.error = error.status, error.message
+        raise error from exc
     except asyncio.CancelledError:
         trace.status, trace.error = 499, "client closed the request"
         raise

@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -262,15 +263,19 @@ async def _relay_stream(
             events, buffer = buffer[: cut + 2], buffer[cut + 2 :]
             if trace.ttft_s is None:
                 trace.ttft_s = time.perf_counter() - trace.started
-            if b"[DONE]" in events:
-                done = True
+            done = done or _ends_stream(events)
             _count_stream_tokens(events, trace)
-            await resp.write(rename(events))
+            await _to_client(resp, rename(events))
         if buffer:
-            await resp.write(rename(buffer))
-            done = done or b"[DONE]" in buffer
+            await _to_client(resp, rename(buffer))
+            done = done or _ends_stream(buffer)
         if not done:
             raise aiohttp.ClientPayloadError("the stream ended without [DONE]")
+    except _ClientGone:
+        # The client left: nothing more to write. The caller closes the upstream response,
+        # which stops the worker's generation.
+        trace.status, trace.error = 499, "client closed the request"
+        return resp
     except (TimeoutError, aiohttp.ClientError) as exc:
         error = ApiError(
             502,
@@ -279,9 +284,29 @@ async def _relay_stream(
         )
         trace.error = error.message
         trace.status = 502
-        await resp.write(error.sse_event())
-    await resp.write_eof()
+        try:
+            await _to_client(resp, error.sse_event())
+        except _ClientGone:
+            return resp
+    with contextlib.suppress(ConnectionError):
+        await resp.write_eof()
     return resp
+
+
+class _ClientGone(Exception):
+    """Writing to the client failed: it disconnected (not the worker's fault)."""
+
+
+async def _to_client(resp: web.StreamResponse, data: bytes) -> None:
+    try:
+        await resp.write(data)
+    except ConnectionError as exc:  # aiohttp's ClientConnectionResetError is one too
+        raise _ClientGone from exc
+
+
+def _ends_stream(events: bytes) -> bool:
+    """The ``data: [DONE]`` sentinel line, not any text that happens to contain [DONE]."""
+    return any(line.strip() == b"data: [DONE]" for line in events.split(b"\n"))
 
 
 def _count_stream_tokens(events: bytes, trace: Trace) -> None:

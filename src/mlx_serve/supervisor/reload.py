@@ -109,6 +109,8 @@ async def apply_config(supervisor: Supervisor, new: Config) -> ConfigDiff:
             stops.append(asyncio.create_task(supervisor.unload(name)))
         else:
             worker.model = new.models[name]
+    for worker in supervisor.workers.values():
+        worker.reset_slots()  # a new max_concurrency for every model not loaded right now
     for name in diff.removed:
         stops.append(asyncio.create_task(supervisor.remove_worker(name)))
     if stops:

@@ -69,6 +69,7 @@ class Scheduler:
         self._queue: deque[_Waiter] = deque()
         self._wake = asyncio.Event()
         self._op: asyncio.Task[None] | None = None
+        self._op_kind: type[policy.Start] | type[policy.Stop] | None = None
         self._closed = False
         self._contended: dict[str, int] = {}
         self._unloads: set[str] = set()  # operator unloads waiting for in-flight requests
@@ -124,7 +125,9 @@ class Scheduler:
 
     def release(self, name: str) -> None:
         """A request admitted by :meth:`acquire` has finished (successfully or not)."""
-        worker = self.workers[name]
+        worker = self.workers.get(name)
+        if worker is None:  # removed by a reload while this request finished
+            return
         worker.inflight -= 1
         worker.last_used = self._clock.now()
         self.wake()
@@ -145,7 +148,11 @@ class Scheduler:
         """Decide, then sleep until woken or until the next timer is due."""
         while True:
             self._wake.clear()
-            self.step()
+            try:
+                self.step()
+            except Exception:
+                # One bad decision must not kill the loop: every later request would hang.
+                log.exception("scheduler step failed")
             deadline = policy.next_deadline(self._views(), self.limits, self._clock.now())
             # A floor on the timeout: a deadline already past must not make this loop spin.
             timeout = None if deadline is None else max(0.01, deadline - self._clock.now())
@@ -158,6 +165,12 @@ class Scheduler:
     def step(self) -> None:
         """Admit what can be admitted, then start at most one start/stop/drain."""
         self._admit_waiters()
+        for name in list(self._unloads):
+            worker = self.workers.get(name)
+            if worker is None or worker.state in DOWN:
+                # Stopped another way (a crash, a failed start): the request is void, or the
+                # next load of this model would be drained straight away.
+                self._unloads.discard(name)
         waiting_models = {w.model for w in self._queue}
         for name in list(self._contended):
             if not waiting_models - {name}:
@@ -175,12 +188,23 @@ class Scheduler:
             self._contended.pop(action.model, None)
             self.wake()
         else:
+            if isinstance(action, policy.Stop):
+                # Drain now, synchronously: between this decision and the stop task's first
+                # step, a new request must queue, not be admitted to a worker about to die.
+                self.workers[action.model].drain()
+            self._op_kind = type(action)
             self._op = asyncio.get_running_loop().create_task(self._run_op(action))
 
     def _admit_waiters(self) -> None:
         for waiter in list(self._queue):
-            worker = self.workers[waiter.model]
-            if waiter.future.done():
+            worker = self.workers.get(waiter.model)
+            if worker is None:  # removed by a config reload while this request waited
+                self._queue.remove(waiter)
+                if not waiter.future.done():
+                    waiter.future.set_exception(
+                        WorkerStartError(waiter.model, "the model was removed from the config")
+                    )
+            elif waiter.future.done():
                 self._queue.remove(waiter)
             elif worker.state is S.READY:
                 self._queue.remove(waiter)
@@ -220,6 +244,7 @@ class Scheduler:
                     self.fail_waiters(action.model, WorkerStartError(action.model, repr(exc)))
         finally:
             self._op = None
+            self._op_kind = None
             self.wake()
 
     def fail_waiters(self, name: str, exc: BaseException) -> None:
@@ -253,14 +278,16 @@ class Scheduler:
     # ------------------------------------------------------------- shutdown
 
     async def close(self) -> None:
-        """Fail every waiter and let a running start/stop finish or be cancelled."""
+        """Fail every waiter; cancel a running start, but let a running stop finish (a stop
+        cut short would leave its process group signalled but never reaped)."""
         self._closed = True
         for waiter in list(self._queue):
             if not waiter.future.done():
                 waiter.future.set_exception(ShuttingDown())
         self._queue.clear()
         if self._op is not None:
-            self._op.cancel()
+            if self._op_kind is policy.Start:
+                self._op.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._op
 

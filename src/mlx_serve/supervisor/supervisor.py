@@ -105,6 +105,11 @@ class Supervisor:
             name, WorkerStartError(name, "the model was removed from the config")
         )
         await self.unload(name)
+        # Requests that queued while it drained (the router resolved the name before the
+        # reload) get the same answer instead of waiting on a model that is gone.
+        self.scheduler.fail_waiters(
+            name, WorkerStartError(name, "the model was removed from the config")
+        )
         worker = self.workers.pop(name, None)
         if worker is not None:
             await worker.close()

@@ -115,6 +115,13 @@ class ManagedWorker:
     def upstream_model(self) -> str:
         return self.driver.upstream_model(self.model)
 
+    def reset_slots(self) -> None:
+        """Apply a changed max_concurrency; only while no request can hold a slot."""
+        if self.state in DOWN:
+            self.slots = asyncio.Semaphore(
+                self.model.max_concurrency or self.server.max_concurrency
+            )
+
     def idle_timeout(self) -> float:
         """Seconds of idleness before unload; negative means never."""
         if self.keep_alive is not None:
@@ -227,6 +234,7 @@ class ManagedWorker:
     async def _wait_ready(self, proc: WorkerProcess, started: float) -> dict[str, Any]:
         deadline = started + self.server.startup_timeout
         exited = asyncio.ensure_future(self._exited.wait())
+        probe: asyncio.Future[dict[str, Any] | None] | None = None
         try:
             while True:
                 remaining = deadline - self._clock.now()
@@ -263,6 +271,8 @@ class ManagedWorker:
                 await asyncio.sleep(PROBE_INTERVAL)
         finally:
             exited.cancel()
+            if probe is not None:
+                probe.cancel()  # cancelled mid-probe (shutdown): no orphan request
 
     def _fail(self, reason: str, *, log_tail: str = "") -> None:
         self.last_error = reason
@@ -292,7 +302,8 @@ class ManagedWorker:
             if self.state in DOWN or proc is None:
                 return
             stopping_from = self.state
-            self._change_state(S.STOPPING, reason=reason)  # READY/DRAINING -> STOPPING
+            if self.state is not S.STOPPING:  # (a stop cut short earlier may have left it so)
+                self._change_state(S.STOPPING, reason=reason)  # READY/DRAINING -> STOPPING
             started = self._clock.now()
             await self._kill_group(proc)
             self.loaded_at = None
