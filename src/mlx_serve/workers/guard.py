@@ -24,15 +24,32 @@ def _watch_stdin() -> None:
             pass
     except OSError:
         pass
-    os.killpg(os.getpgrp(), signal.SIGKILL)
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpgrp(), signal.SIGKILL)  # the worker's own group: it and its children
+    # Not a group leader (started by hand, not by the supervisor): the group is someone
+    # else's, e.g. the shell's. End only this process.
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: ``--without MOD``: make MOD unimportable in this worker. transformers imports torch
+#: whenever it is installed (it is, for the audio extras), which costs mlx_lm and mlx_vlm
+#: workers about a second of start-up on every swap and hundreds of MiB, for nothing: they
+#: never use it. ``sys.modules[MOD] = None`` makes ``import MOD`` raise ImportError and
+#: ``importlib.util.find_spec(MOD)`` return None, which is how libraries probe for it.
+#: ``MLX_SERVE_WORKER_KEEP_TORCH=1`` turns this off, should a model's code need torch.
 
 
 def main() -> None:
-    if len(sys.argv) < 2:
-        sys.exit("usage: python -m mlx_serve.workers.guard MODULE [ARGS...]")
-    module = sys.argv[1]
+    args = sys.argv[1:]
+    while len(args) >= 2 and args[0] == "--without":
+        if os.environ.get("MLX_SERVE_WORKER_KEEP_TORCH") != "1":
+            sys.modules[args[1]] = None  # type: ignore[assignment]
+        args = args[2:]
+    if not args:
+        sys.exit("usage: python -m mlx_serve.workers.guard [--without MOD]... MODULE [ARGS...]")
+    module = args[0]
+    sys.argv = [module, *args[1:]]
     threading.Thread(target=_watch_stdin, name="supervisor-guard", daemon=True).start()
-    sys.argv = [module, *sys.argv[2:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 

@@ -25,7 +25,7 @@ class TextDriver:
     def launch_spec(self, ctx: LaunchContext) -> LaunchSpec:
         model = ctx.model
         argv = [
-            ctx.python, "-m", "mlx_serve.workers.guard", "mlx_lm", "server",
+            ctx.python, "-m", "mlx_serve.workers.guard", "--without", "torch", "mlx_lm", "server",
             "--model", model.path,
             "--host", ctx.host,
             "--port", str(ctx.port),

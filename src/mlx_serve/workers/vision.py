@@ -49,7 +49,7 @@ class VisionDriver:
     def launch_spec(self, ctx: LaunchContext) -> LaunchSpec:
         model = ctx.model
         argv = [
-            ctx.python, "-m", "mlx_serve.workers.guard", "mlx_vlm.server",
+            ctx.python, "-m", "mlx_serve.workers.guard", "--without", "torch", "mlx_vlm.server",
             "--model", model.path,
             "--host", ctx.host,
             "--port", str(ctx.port),

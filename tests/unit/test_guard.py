@@ -1,0 +1,57 @@
+"""The worker guard: runs a module in-process, can hide modules, dies with its supervisor."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def run_guard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlx_serve.workers.guard", *args],
+        input="",  # EOF at once would kill the group; timeit finishes first or is killed
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+        start_new_session=True,  # the guard kills its process group on stdin EOF
+    )
+
+
+def test_without_hides_a_module_from_imports_and_find_spec() -> None:
+    probe = (
+        "import importlib.util, sys\n"
+        "assert importlib.util.find_spec('torch') is None\n"
+        "try:\n    import torch\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit(9)"
+    )
+    read_end, write_end = os.pipe()  # held open, like the supervisor holds the guard pipe
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlx_serve.workers.guard", "--without", "torch",
+             "timeit", "-n", "1", "-r", "1", probe],
+            stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        os.close(read_end)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, stderr
+
+
+def test_usage_error_without_a_module() -> None:
+    result = run_guard("--without", "torch")
+    assert result.returncode != 0 and "usage" in result.stderr
+
+
+def test_stdin_eof_kills_only_the_guard_when_it_is_not_a_group_leader() -> None:
+    # Regression: run by hand (in the caller's process group), EOF on stdin used to SIGKILL
+    # the caller's whole group - the shell or the test runner.
+    result = subprocess.run(
+        [sys.executable, "-m", "mlx_serve.workers.guard", "timeit", "-n", "1", "-r", "1",
+         "import time; time.sleep(30)"],
+        input="", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == -9  # the guard ended itself; this test process survived
