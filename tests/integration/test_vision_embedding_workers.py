@@ -27,11 +27,10 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from mlx_serve.config import ModelConfig
+from mlx_serve.config import ModelConfig, ModelType
 from mlx_serve.tiny_models.embedding import embedding_model_dir
 from mlx_serve.tiny_models.vision import build_vision_model
 from mlx_serve.workers.base import LaunchContext, WorkerDriver
-from mlx_serve.workers.model_server_driver import ModelServerDriver
 from mlx_serve.workers.process import (
     SIGKILL,
     SIGTERM,
@@ -40,6 +39,7 @@ from mlx_serve.workers.process import (
     free_port,
     read_log_tail,
 )
+from mlx_serve.workers.registry import default_drivers
 from mlx_serve.workers.vision import VisionDriver
 from tests.conftest import POLL_INTERVAL
 
@@ -128,9 +128,7 @@ async def embedder(
         args={"max_items": 64, "max_item_chars": 5000, "max_total_chars": 20000},
     )
     log = tmp_path_factory.mktemp("embedding") / "worker.log"
-    worker = await start_worker(
-        ModelServerDriver("mlx_serve.workers.embedding_server"), model, log, http
-    )
+    worker = await start_worker(default_drivers()[ModelType.EMBEDDING], model, log, http)
     print(f"\nembedding worker ready in {worker.ready_s:.2f}s: {worker.details}")
     yield worker
     await stop_worker(worker.proc)

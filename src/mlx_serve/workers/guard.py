@@ -31,19 +31,35 @@ def _watch_stdin() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-#: ``--without MOD``: make MOD unimportable in this worker. transformers imports torch
-#: whenever it is installed (it is, for the audio extras), which costs mlx_lm and mlx_vlm
-#: workers about a second of start-up on every swap and hundreds of MiB, for nothing: they
-#: never use it. ``sys.modules[MOD] = None`` makes ``import MOD`` raise ImportError and
-#: ``importlib.util.find_spec(MOD)`` return None, which is how libraries probe for it.
-#: ``MLX_SERVE_WORKER_KEEP_TORCH=1`` turns this off, should a model's code need torch.
+#: ``--without torch``: keep transformers from importing torch in this worker. transformers
+#: imports torch whenever it is installed (it is, for the audio extras), which costs the
+#: mlx_lm, mlx_vlm, embedding and tts workers about a second of start-up on every swap and
+#: hundreds of MiB, for nothing: they never use it. transformers decides once, through a
+#: cached ``is_torch_available()``; we make that first answer "no" by hiding torch
+#: (``sys.modules[...] = None`` makes ``find_spec`` return None) and then unhide it at once,
+#: because other libraries (scipy's array-API helpers) look torch up in ``sys.modules`` and
+#: break on a None entry. Anything that imports torch later still can.
+#: ``MLX_SERVE_WORKER_KEEP_TORCH=1`` turns this off.
+
+
+def _keep_transformers_off(module: str) -> None:
+    if module != "torch" or os.environ.get("MLX_SERVE_WORKER_KEEP_TORCH") == "1":
+        return
+    sys.modules[module] = None  # type: ignore[assignment]
+    try:
+        from transformers.utils import import_utils  # noqa: PLC0415 - only for this decision
+
+        import_utils.is_torch_available()  # cached from here on
+    except Exception:
+        pass
+    finally:
+        del sys.modules[module]
 
 
 def main() -> None:
     args = sys.argv[1:]
     while len(args) >= 2 and args[0] == "--without":
-        if os.environ.get("MLX_SERVE_WORKER_KEEP_TORCH") != "1":
-            sys.modules[args[1]] = None  # type: ignore[assignment]
+        _keep_transformers_off(args[1])
         args = args[2:]
     if not args:
         sys.exit("usage: python -m mlx_serve.workers.guard [--without MOD]... MODULE [ARGS...]")

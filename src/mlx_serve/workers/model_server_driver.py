@@ -22,12 +22,15 @@ class ModelServerDriver:
 
     health_path = "/health"
 
-    def __init__(self, module: str) -> None:
+    def __init__(self, module: str, *, without: tuple[str, ...] = ()) -> None:
         self.module = module
+        self.without = without  # modules to hide from the worker (see workers/guard.py)
 
     def launch_spec(self, ctx: LaunchContext) -> LaunchSpec:
         argv = [
-            ctx.python, "-m", "mlx_serve.workers.guard", self.module,
+            ctx.python, "-m", "mlx_serve.workers.guard",
+            *(arg for mod in self.without for arg in ("--without", mod)),
+            self.module,
             "--model", ctx.model.path, "--host", ctx.host, "--port", str(ctx.port),
             *flags_from_args(ctx.model.args),
         ]  # fmt: skip

@@ -33,8 +33,12 @@ def default_drivers() -> dict[ModelType, WorkerDriver]:
     drivers: dict[ModelType, WorkerDriver] = {
         ModelType.TEXT: TextDriver(),
         ModelType.VISION: VisionDriver(),
-        ModelType.EMBEDDING: ModelServerDriver("mlx_serve.workers.embedding_server"),
-        ModelType.TTS: ModelServerDriver("mlx_serve.workers.tts_server"),
+        # torch is imported through transformers but never used by these two (mlx-whisper
+        # does use it, so the stt worker keeps it).
+        ModelType.EMBEDDING: ModelServerDriver(
+            "mlx_serve.workers.embedding_server", without=("torch",)
+        ),
+        ModelType.TTS: ModelServerDriver("mlx_serve.workers.tts_server", without=("torch",)),
         ModelType.STT: ModelServerDriver("mlx_serve.workers.stt_server"),
     }
     for model_type in ModelType:
