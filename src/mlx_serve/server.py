@@ -100,6 +100,7 @@ async def serve(
     )
     stop_requested = asyncio.Event()
     signals_seen = 0
+    draining = False  # True while in-flight requests get their grace period
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
@@ -108,8 +109,9 @@ async def serve(
         log.info("received %s, stopping%s", signal.Signals(signum).name,
                  " now" if signals_seen > 1 else "")  # fmt: skip
         stop_requested.set()
-        if signals_seen > 1:
-            # Second signal: don't wait for requests; the finally block still stops workers.
+        if signals_seen > 1 and draining:
+            # Second signal: stop waiting for requests. Only that wait is cut short: once the
+            # workers are being stopped, their SIGTERM -> grace -> SIGKILL runs to the end.
             main_task.cancel()
 
     current = asyncio.current_task()
@@ -136,8 +138,10 @@ async def serve(
         for task in background:
             task.cancel()
         await supervisor.scheduler.close()  # waiters get 503 instead of a dropped connection
+        draining = True
         await runner.cleanup()  # stop listening; let in-flight requests finish
     finally:
+        draining = False
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(supervisor.shutdown())
         with contextlib.suppress(Exception):

@@ -103,3 +103,25 @@ async def test_sigkilled_supervisor_leaves_no_orphan(server: ServerProcess) -> N
     server.proc.kill()  # no chance to clean up: the worker's guard must notice on its own
     await asyncio.to_thread(server.proc.wait, 30)
     await eventually(lambda: gone(workers), timeout=15, what="the orphaned worker to exit")
+
+
+async def test_second_signal_cuts_the_drain_but_not_the_worker_stop(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    workers = await load_model(server)
+    body = {"model": "tiny", "stream": True, "max_tokens": 100000,
+            "messages": [{"role": "user", "content": "go"}]}  # fmt: skip
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(server.url + "/v1/chat/completions", json=body)
+        await resp.content.readline()  # the stream is running: a drain would wait for it
+        server.proc.send_signal(signal.SIGINT)
+        await eventually(
+            lambda: "received SIGINT, stopping" in server.log.read_text(), what="first signal"
+        )
+        server.proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(server.proc.wait, 30)
+        resp.close()
+    assert code == 0, server.log.read_text()
+    assert gone(workers)
+    events = (tmp_path / "data" / "events.jsonl").read_text()
+    assert '"reason":"shutdown"' in events, "the workers were stopped and it was recorded"
