@@ -53,7 +53,7 @@ def test_stdin_eof_kills_only_the_guard_when_it_is_not_a_group_leader() -> None:
     # the caller's whole group - the shell or the test runner.
     result = subprocess.run(
         [sys.executable, "-m", "mlx_serve.workers.guard", "timeit", "-n", "1", "-r", "1",
-         "import time; time.sleep(30)"],
+         "import threading; threading.Event().wait()"],  # blocks until killed
         input="", capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == -9  # the guard ended itself; this test process survived
