@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from mlx_serve.supervisor.clock import FakeClock
-from mlx_serve.workers.base import LaunchContext, flags_from_args
+from mlx_serve.workers.base import LaunchContext, flags_from_args, guarded_argv
 from mlx_serve.workers.process import SIGKILL, SIGTERM, LaunchSpec, WorkerProcess
 from mlx_serve.workers.text import TextDriver
 
@@ -29,11 +29,8 @@ class FakeWorkerDriver(TextDriver):
     """Like the text driver, but the process is the fake worker; flags come from ``args``."""
 
     def launch_spec(self, ctx: LaunchContext) -> LaunchSpec:
-        argv = [
-            ctx.python, "-m", "mlx_serve.workers.guard", "mlx_serve.testing.fake_worker",
-            "--host", ctx.host, "--port", str(ctx.port), "--model", ctx.model.path,
-            *flags_from_args(ctx.model.args),
-        ]  # fmt: skip
+        argv = guarded_argv(ctx, "mlx_serve.testing.fake_worker")
+        argv += flags_from_args(ctx.model.args)
         return LaunchSpec(argv=argv, log_path=ctx.log_path)
 
 

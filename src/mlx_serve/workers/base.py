@@ -56,6 +56,16 @@ class WorkerDriver(Protocol):
         """
 
 
+def guarded_argv(ctx: LaunchContext, *module: str, without: tuple[str, ...] = ()) -> list[str]:
+    """``python -m mlx_serve.workers.guard [--without M]... MODULE... --model --host --port``:
+    how every worker is started, so it dies with its supervisor (see workers/guard.py)."""
+    hide = [arg for mod in without for arg in ("--without", mod)]
+    return [
+        ctx.python, "-m", "mlx_serve.workers.guard", *hide, *module,
+        "--model", ctx.model.path, "--host", ctx.host, "--port", str(ctx.port),
+    ]  # fmt: skip
+
+
 def flags_from_args(args: dict[str, str | int | float | bool | None] | list[str]) -> list[str]:
     """``args`` from models.yaml as command-line flags: ``{kv_bits: 4}`` -> ``--kv-bits 4``.
 

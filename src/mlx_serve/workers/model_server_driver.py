@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from mlx_serve.workers.base import LaunchContext, ProbeError, flags_from_args
+from mlx_serve.workers.base import LaunchContext, ProbeError, flags_from_args, guarded_argv
 from mlx_serve.workers.process import LaunchSpec
 
 if TYPE_CHECKING:
@@ -27,13 +27,8 @@ class ModelServerDriver:
         self.without = without  # modules to hide from the worker (see workers/guard.py)
 
     def launch_spec(self, ctx: LaunchContext) -> LaunchSpec:
-        argv = [
-            ctx.python, "-m", "mlx_serve.workers.guard",
-            *(arg for mod in self.without for arg in ("--without", mod)),
-            self.module,
-            "--model", ctx.model.path, "--host", ctx.host, "--port", str(ctx.port),
-            *flags_from_args(ctx.model.args),
-        ]  # fmt: skip
+        argv = guarded_argv(ctx, self.module, without=self.without)
+        argv += flags_from_args(ctx.model.args)
         return LaunchSpec(argv=argv, log_path=ctx.log_path)
 
     def upstream_model(self, model: ModelConfig) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from mlx_serve.workers.base import LaunchContext, ProbeError, flags_from_args
+from mlx_serve.workers.base import LaunchContext, ProbeError, flags_from_args, guarded_argv
 from mlx_serve.workers.process import LaunchSpec
 
 if TYPE_CHECKING:
@@ -24,12 +24,7 @@ class TextDriver:
 
     def launch_spec(self, ctx: LaunchContext) -> LaunchSpec:
         model = ctx.model
-        argv = [
-            ctx.python, "-m", "mlx_serve.workers.guard", "--without", "torch", "mlx_lm", "server",
-            "--model", model.path,
-            "--host", ctx.host,
-            "--port", str(ctx.port),
-        ]  # fmt: skip
+        argv = guarded_argv(ctx, "mlx_lm", "server", without=("torch",))
         if model.max_kv_cache_size is not None:
             # The number of distinct prompt KV caches mlx_lm keeps for prompt caching.
             argv += ["--prompt-cache-size", str(model.max_kv_cache_size)]

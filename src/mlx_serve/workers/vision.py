@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from mlx_serve.workers.base import LaunchContext, ProbeError, flags_from_args
+from mlx_serve.workers.base import LaunchContext, ProbeError, flags_from_args, guarded_argv
 from mlx_serve.workers.process import LaunchSpec
 
 if TYPE_CHECKING:
@@ -48,12 +48,7 @@ class VisionDriver:
 
     def launch_spec(self, ctx: LaunchContext) -> LaunchSpec:
         model = ctx.model
-        argv = [
-            ctx.python, "-m", "mlx_serve.workers.guard", "--without", "torch", "mlx_vlm.server",
-            "--model", model.path,
-            "--host", ctx.host,
-            "--port", str(ctx.port),
-        ]  # fmt: skip
+        argv = guarded_argv(ctx, "mlx_vlm.server", without=("torch",))
         if model.max_kv_cache_size is not None:
             # mlx_vlm's KV budget in tokens. Unlike a rotating cache it does not evict:
             # a request needing more (prompt + max_tokens) is refused with a 400.
