@@ -87,7 +87,7 @@ ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
         "--api-key",
-        help="API key (default: $MLX_API_KEY, else server.api_key from the config)",
+        help="API key (default: server.api_key from the config, else $MLX_API_KEY)",
         show_default=False,
     ),
 ]

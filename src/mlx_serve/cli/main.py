@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 
 from mlx_serve import __version__
 from mlx_serve.cli import commands
+from mlx_serve.cli.commands import ConfigOpt
 from mlx_serve.cli.service_cmd import build_app as build_service_app
 from mlx_serve.config import ConfigError, example_config_text, find_config_path, load_config
 from mlx_serve.paths import home_dir
@@ -26,15 +27,6 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="models.yaml (default: $MLX_SERVE_CONFIG, then ~/.mlx-serve/models.yaml)",
-    ),
-]
 
 
 def _setup_logging(verbose: bool) -> None:
