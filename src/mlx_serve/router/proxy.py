@@ -52,16 +52,18 @@ class Trace:
 
     def summary(self) -> dict[str, Any]:
         total = time.perf_counter() - self.started
-        if self.completion_tokens is None and self.chunks:
-            self.completion_tokens = self.chunks
+        # A usage block wins; without one, each streamed chunk is about one token.
+        tokens = (
+            self.completion_tokens if self.completion_tokens is not None else self.chunks or None
+        )
         tps = None
-        if self.completion_tokens and self.stream and self.ttft_s is not None:
+        if tokens and self.stream and self.ttft_s is not None:
             # Streamed: decode speed, from the first token to the last.
             if total > self.ttft_s:
-                tps = self.completion_tokens / (total - self.ttft_s)
-        elif self.completion_tokens and total > 0:
+                tps = tokens / (total - self.ttft_s)
+        elif tokens and total > 0:
             # Not streamed: the first byte is the whole answer, so only the overall rate exists.
-            tps = self.completion_tokens / total
+            tps = tokens / total
         return {
             "endpoint": self.endpoint,
             "stream": self.stream,
@@ -70,7 +72,7 @@ class Trace:
             "ttft_s": None if self.ttft_s is None else round(self.ttft_s, 4),
             "latency_s": round(total, 4),
             "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
+            "completion_tokens": tokens,
             "tokens_per_s": None if tps is None else round(tps, 2),
             "retries": self.retries,
             "error": self.error,
