@@ -19,7 +19,12 @@ from mlx_serve.errors import ApiError
 from mlx_serve.observability.memory import own_rss_bytes, system_memory, tree_rss_bytes
 from mlx_serve.observability.prometheus import CONTENT_TYPE
 from mlx_serve.router.keys import METRICS, STATS, SUPERVISOR
-from mlx_serve.router.openai_routes import lifecycle_error, pop_keep_alive, read_json_object
+from mlx_serve.router.openai_routes import (
+    lifecycle_error,
+    pop_keep_alive,
+    read_json_object,
+    resolve_or_404,
+)
 from mlx_serve.supervisor import QueueFull, ShuttingDown, Supervisor, WorkerStartError
 from mlx_serve.supervisor.reload import reload_from_file
 from mlx_serve.supervisor.states import RESIDENT, WorkerState
@@ -43,13 +48,7 @@ def _configured(request: web.Request) -> str:
     raw = request.match_info["name"]
     if raw.startswith(("/", "\\", "~")) or ".." in re.split(r"[/\\]", raw) or "\x00" in raw:
         raise ApiError(400, f"invalid model name {raw!r}", code="invalid_model_name")
-    name = supervisor.resolve(raw)
-    if name is None:
-        available = ", ".join(sorted(supervisor.workers)) or "(none configured)"
-        raise ApiError(
-            404, f"model {raw!r} not found; available models: {available}", code="model_not_found"
-        )
-    return name
+    return resolve_or_404(supervisor, raw)
 
 
 def model_status(request: web.Request, name: str) -> dict[str, Any]:

@@ -64,6 +64,20 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def resolve_or_404(supervisor: Supervisor, requested: str, *, param: str | None = None) -> str:
+    """The configured model ``requested`` names (or aliases); a 404 listing the models if none."""
+    name = supervisor.resolve(requested)
+    if name is None:
+        available = ", ".join(sorted(supervisor.workers)) or "(none configured)"
+        raise ApiError(
+            404,
+            f"model {requested!r} not found; available models: {available}",
+            param=param,
+            code="model_not_found",
+        )
+    return name
+
+
 def resolve_model(supervisor: Supervisor, body: dict[str, Any], endpoint: str) -> str:
     """The configured model name the body's ``model`` field names, checked for this endpoint."""
     requested = body.get("model")
@@ -72,15 +86,7 @@ def resolve_model(supervisor: Supervisor, body: dict[str, Any], endpoint: str) -
             400, "'model' is required: the name of a configured model", param="model",
             code="missing_model",
         )  # fmt: skip
-    name = supervisor.resolve(requested)
-    if name is None:
-        available = ", ".join(sorted(supervisor.workers)) or "(none configured)"
-        raise ApiError(
-            404,
-            f"model {requested!r} not found; available models: {available}",
-            param="model",
-            code="model_not_found",
-        )
+    name = resolve_or_404(supervisor, requested, param="model")
     model_type = supervisor.workers[name].model.type
     allowed = ENDPOINT_TYPES.get(endpoint)
     if allowed is not None and model_type not in allowed:
@@ -275,10 +281,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
-    requested = request.match_info["model"]
-    name = supervisor.resolve(requested)
-    if name is None:
-        raise ApiError(404, f"model {requested!r} not found", code="model_not_found")
+    name = resolve_or_404(supervisor, request.match_info["model"])
     return web.json_response(model_entry(supervisor, name))
 
 
