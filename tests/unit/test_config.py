@@ -48,7 +48,9 @@ def test_server_defaults() -> None:
     assert server.host == "127.0.0.1"
     assert server.port == DEFAULT_PORT == 8095
     assert server.idle_timeout == 600
-    assert server.max_loaded_models == 1
+    assert server.max_loaded_models is None
+    assert server.loaded_cap == 1  # one at a time unless a budget or a cap says otherwise
+    assert server.memory_budget is None
     assert server.startup_timeout == 120
     assert server.stop_timeout == 10
     assert server.queue_limit == 256

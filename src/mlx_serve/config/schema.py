@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .durations import Duration, OptionalDuration
+from .sizes import MemoryBudget
 
 __all__ = [
     "DEFAULT_PORT",
@@ -179,7 +180,11 @@ class ServerConfig(BaseModel):
     port: Annotated[int, Strict(), Field(ge=1, le=65535)] = DEFAULT_PORT
     idle_timeout: Duration = 600.0
     """Seconds a model may sit idle before it is unloaded; negative keeps it loaded."""
-    max_loaded_models: PositiveInt = 1
+    max_loaded_models: PositiveInt | None = None
+    """Most models resident at once. Unset: 1 without a memory budget, no cap with one."""
+    memory_budget: MemoryBudget = None
+    """Bytes (``24GiB``), a share of physical memory (``75%``) or ``auto``: models stay
+    resident together while their footprints fit. ``None``: one at a time (or the count cap)."""
     startup_timeout: Annotated[Duration, Field(gt=0)] = 120.0
     """How long a worker may take to load its model and become ready."""
     stop_timeout: Annotated[Duration, Field(gt=0)] = 10.0
@@ -204,6 +209,13 @@ class ServerConfig(BaseModel):
     """Refuse to load a model whose weights on disk exceed the memory available."""
     memory_warning: Annotated[float, Field(ge=0, le=1)] = 0.1
     """Emit a ``memory.low`` event when available memory falls below this share of total."""
+
+    @property
+    def loaded_cap(self) -> int | None:
+        """The count cap in force: ``max_loaded_models``, else 1 unless a budget is set."""
+        if self.max_loaded_models is not None:
+            return self.max_loaded_models
+        return None if self.memory_budget is not None else 1
 
     @field_validator("data_dir", mode="after")
     @classmethod
@@ -244,6 +256,8 @@ class ModelConfig(BaseModel):
     )
     preload: bool = False
     """Load at server start instead of on first request."""
+    pin: bool = False
+    """Never evict this model to make room for another (its own idle timeout still applies)."""
     defaults: Annotated[dict[str, Any], BeforeValidator(_none_to_empty_dict)] = Field(
         default_factory=dict
     )

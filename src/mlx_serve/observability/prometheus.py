@@ -69,6 +69,10 @@ class Metrics:
         self.crashes = Counter(
             "mlx_serve_crashes", "Workers that died on their own.", ["model"], registry=r
         )
+        self.evictions = Counter(
+            "mlx_serve_evictions", "Models unloaded to make room for another, by reason.",
+            ["model", "reason"], registry=r,
+        )  # fmt: skip
         self.tokens = Counter(
             "mlx_serve_completion_tokens", "Completion tokens generated.", ["model"], registry=r
         )
@@ -91,6 +95,8 @@ class Metrics:
         elif event.kind == "swap":
             self.swaps.inc()
             self._swap_started[str(data.get("to", ""))] = event.ts
+        elif event.kind == "model.evicted":
+            self.evictions.labels(model, str(data.get("reason", ""))).inc()
         elif event.kind == "worker.crashed":
             self.crashes.labels(model).inc()
 
@@ -143,9 +149,50 @@ class _Gauges(Collector):
                     rss.add_metric([name], value)
         yield inflight
         yield rss
+        yield from _memory_gauges(sup)
         mem = system_memory()
         available = GaugeMetricFamily(
             "mlx_serve_system_available_memory_bytes", "Available memory."
         )
         available.add_metric([], mem.available_bytes)
         yield available
+
+
+def _memory_gauges(sup: Supervisor) -> Iterator[GaugeMetricFamily]:
+    """The budget and each model's footprint as the scheduler plans with it."""
+    report = sup.memory_report()
+    for key, name, doc in (
+        ("budget_bytes", "mlx_serve_memory_budget_bytes", "The memory budget (if one is set)."),
+        ("planned_bytes", "mlx_serve_memory_planned_bytes", "Planned bytes of loaded models."),
+        ("free_bytes", "mlx_serve_memory_free_bytes", "Budget minus planned bytes."),
+    ):
+        value = report.get(key)
+        if isinstance(value, int):
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], value)
+            yield gauge
+    families = {
+        "estimate": GaugeMetricFamily(
+            "mlx_serve_model_memory_estimate_bytes",
+            "A model's footprint estimated from its files (weights + KV cache + overhead).",
+            labels=["model"],
+        ),
+        "measured": GaugeMetricFamily(
+            "mlx_serve_model_memory_measured_bytes",
+            "A loaded model's latest measured footprint.",
+            labels=["model"],
+        ),
+        "planned": GaugeMetricFamily(
+            "mlx_serve_model_memory_planned_bytes",
+            "The footprint the scheduler plans with: max(estimate, measured before).",
+            labels=["model"],
+        ),
+    }
+    for name, worker in sup.workers.items():
+        footprint = worker.footprint
+        if footprint.estimate is not None:
+            families["estimate"].add_metric([name], footprint.estimate.total_bytes)
+        if footprint.measured_bytes is not None:
+            families["measured"].add_metric([name], footprint.measured_bytes)
+        families["planned"].add_metric([name], footprint.planned_bytes)
+    yield from families.values()

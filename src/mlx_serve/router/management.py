@@ -82,6 +82,8 @@ def model_status(request: web.Request, name: str) -> dict[str, Any]:
         "requests": worker.requests_total,
         "inflight": worker.inflight,
         "waiting": supervisor.scheduler.waiting(name),
+        "pinned": worker.model.pin,
+        "memory": worker.footprint.to_json(),
         "metrics": request.app[STATS].summary(name),
     }
 
@@ -302,6 +304,7 @@ async def stats(request: web.Request) -> web.Response:
                 "system_available_bytes": mem.available_bytes,
                 "workers_rss_bytes": sum(m["rss_bytes"] or 0 for m in models),
                 "router_rss_bytes": own_rss_bytes(),
+                **supervisor.memory_report(),
             },
             "queue": {"waiting": supervisor.scheduler.waiting()},
             "models": models,

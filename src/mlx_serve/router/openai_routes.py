@@ -259,6 +259,7 @@ def _status(state: WorkerState) -> str:
 
 def model_entry(supervisor: Supervisor, name: str) -> dict[str, Any]:
     worker = supervisor.workers[name]
+    footprint = worker.footprint
     entry: dict[str, Any] = {
         "id": name,
         "object": "model",
@@ -267,6 +268,12 @@ def model_entry(supervisor: Supervisor, name: str) -> dict[str, Any]:
         "type": worker.model.type.value,
         "status": _status(worker.state),
         "aliases": list(worker.model.aliases),
+        "pinned": worker.model.pin,
+        "memory": {
+            "estimate_bytes": footprint.estimate.total_bytes if footprint.estimate else None,
+            "measured_bytes": footprint.measured_bytes,
+            "planned_bytes": footprint.planned_bytes,
+        },
     }
     if worker.state is WorkerState.FAILED and worker.last_error:
         entry["error"] = worker.last_error

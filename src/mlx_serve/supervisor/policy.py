@@ -3,6 +3,14 @@
 Nothing here touches a process or a clock; :mod:`mlx_serve.supervisor.scheduler` builds the
 snapshot, applies the action and asks again. That keeps the rules (who is evicted, when a busy
 model must give way, when an idle one is unloaded) testable as plain data.
+
+Room is counted two ways, and a model starts only when both allow it: by count
+(``max_loaded``) and, when a memory budget is set, by bytes (each model's planned footprint,
+the larger of its estimate and what it measured before). To make room, idle unpinned models
+go first, least recently used first; a model with requests in flight or queued is never
+stopped under them (it is drained, then stopped, once fairness says it has kept others
+waiting long enough); a model that could not fit even with every evictable model gone is
+refused at once instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -28,13 +36,16 @@ class ModelView:
     contended_admits: int = 0  # requests admitted while another model was waiting
     idle_timeout: float = 600.0  # negative: never unload when idle
     unload_requested: bool = False  # an operator asked for it to be unloaded
+    size_bytes: int = 0  # planned footprint: max(estimate, measured before)
+    pinned: bool = False  # never evicted to make room for another model
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_loaded: int = 1
+    max_loaded: int | None = 1  # None: no count cap (a memory budget decides)
     fair_wait: float = 10.0  # how long a busy resident model may keep another waiting
     fair_requests: int = 32  # how many new requests it may admit meanwhile
+    budget_bytes: int | None = None  # None: memory is not counted
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,83 @@ class Undrain:
     model: str
 
 
-Action = Start | Stop | Drain | Undrain
+@dataclass(frozen=True)
+class Refuse:
+    """``model`` can never fit beside what may not be evicted: fail its waiters now."""
+
+    model: str
+    reason: str
+
+
+Action = Start | Stop | Drain | Undrain | Refuse
+
+
+@dataclass(frozen=True)
+class Room:
+    """How ``target`` fits beside the resident models right now (bytes and count)."""
+
+    used_bytes: int  # planned footprints of the resident models
+    needed_bytes: int  # the target's planned footprint
+    budget_bytes: int | None
+    resident: int
+    max_loaded: int | None
+
+    @property
+    def free_bytes(self) -> int | None:
+        return None if self.budget_bytes is None else self.budget_bytes - self.used_bytes
+
+    @property
+    def fits_count(self) -> bool:
+        return self.max_loaded is None or self.resident < self.max_loaded
+
+    @property
+    def fits_bytes(self) -> bool:
+        free = self.free_bytes
+        return free is None or self.needed_bytes <= free
+
+    @property
+    def reason(self) -> str:
+        """Why something must be evicted for the target: "memory" or "count"."""
+        return "count" if self.fits_bytes else "memory"
+
+
+def room_for(views: Mapping[str, ModelView], limits: Limits, target: ModelView) -> Room:
+    resident = [v for v in views.values() if v.state in RESIDENT and v.name != target.name]
+    return Room(
+        used_bytes=sum(v.size_bytes for v in resident),
+        needed_bytes=target.size_bytes,
+        budget_bytes=limits.budget_bytes,
+        resident=len(resident),
+        max_loaded=limits.max_loaded,
+    )
+
+
+def refusal(views: Mapping[str, ModelView], limits: Limits, target: ModelView) -> str | None:
+    """Why ``target`` can never be loaded while things stay as they are, or None."""
+    gib = 2**30
+    budget = limits.budget_bytes
+    if budget is not None and target.size_bytes > budget:
+        return (
+            f"its planned footprint ({target.size_bytes / gib:.2f} GiB, "
+            f"{target.size_bytes} bytes) exceeds the whole memory budget "
+            f"({budget / gib:.2f} GiB, {budget} bytes)"
+        )
+    pinned = [
+        v for v in views.values() if v.pinned and v.state in RESIDENT and v.name != target.name
+    ]
+    if not pinned:
+        return None
+    names = ", ".join(sorted(v.name for v in pinned))
+    held = sum(v.size_bytes for v in pinned)
+    if budget is not None and target.size_bytes + held > budget:
+        return (
+            f"its planned footprint ({target.size_bytes / gib:.2f} GiB) does not fit beside the "
+            f"pinned models ({names}: {held / gib:.2f} GiB) within the memory budget "
+            f"({budget / gib:.2f} GiB)"
+        )
+    if limits.max_loaded is not None and len(pinned) >= limits.max_loaded:
+        return f"the pinned models ({names}) hold all {limits.max_loaded} model slots"
+    return None
 
 
 def next_target(views: Mapping[str, ModelView]) -> ModelView | None:
@@ -97,13 +184,18 @@ def next_action(views: Mapping[str, ModelView], limits: Limits, now: float) -> A
         for v in views.values():
             if v.state is S.DRAINING and not v.unload_requested:
                 return Undrain(v.name)
-        return _idle_stop(views, now)
+        return _idle_stop(views, now) or _over_budget_stop(views, limits)
 
-    resident = [v for v in views.values() if v.state in RESIDENT]
-    if len(resident) < limits.max_loaded:
+    why_not = refusal(views, limits, target)
+    if why_not is not None:
+        return Refuse(target.name, why_not)
+    room = room_for(views, limits, target)
+    if room.fits_count and room.fits_bytes:
         return Start(target.name)
 
-    # Room must be made. A drained model with nothing in flight goes first.
+    # Room must be made, never by evicting a pinned model. A drained model with nothing in
+    # flight goes first.
+    resident = [v for v in views.values() if v.state in RESIDENT and not v.pinned]
     for v in resident:
         if v.state is S.DRAINING and v.inflight == 0:
             return Stop(v.name, "swap", for_model=target.name)
@@ -115,6 +207,8 @@ def next_action(views: Mapping[str, ModelView], limits: Limits, now: float) -> A
         victim = min(idle, key=lambda v: v.last_used)
         return Stop(victim.name, "swap", for_model=target.name)
     # Everyone is busy. The least recently used gives way once fairness says so.
+    if not resident:
+        return None
     busiest_last = min(resident, key=lambda v: v.last_used)
     if fairness_exceeded(busiest_last, target, limits, now):
         return Drain(busiest_last.name, for_model=target.name)
@@ -132,6 +226,29 @@ def _idle_stop(views: Mapping[str, ModelView], now: float) -> Stop | None:
         ):
             return Stop(v.name, "idle")
     return None
+
+
+def _over_budget_stop(views: Mapping[str, ModelView], limits: Limits) -> Stop | None:
+    """Models measured bigger than planned can push the total over the budget: evict the least
+    recently used idle, unpinned one, but never the most recently used model."""
+    if limits.budget_bytes is None:
+        return None
+    resident = [v for v in views.values() if v.state in RESIDENT]
+    if sum(v.size_bytes for v in resident) <= limits.budget_bytes or len(resident) < 2:
+        return None
+    newest = max(resident, key=lambda v: v.last_used)
+    idle = [
+        v
+        for v in resident
+        if v is not newest
+        and v.state is S.READY
+        and not v.pinned
+        and v.inflight == 0
+        and v.waiting == 0
+    ]
+    if not idle:
+        return None
+    return Stop(min(idle, key=lambda v: v.last_used).name, "over_budget")
 
 
 def next_deadline(views: Mapping[str, ModelView], limits: Limits, now: float) -> float | None:

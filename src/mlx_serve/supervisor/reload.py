@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mlx_serve.config import Config, ConfigError, ModelConfig, load_config
-from mlx_serve.supervisor.policy import Limits
-from mlx_serve.supervisor.states import RESIDENT
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from mlx_serve.supervisor.supervisor import Supervisor
 
-#: Model fields the worker process is started with: changing one needs a restart.
+#: Model fields the worker process is started with: changing one needs a restart. (``pin``,
+#: ``preload``, timeouts, defaults and aliases are read by the router and scheduler only.)
 PROCESS_FIELDS = ("type", "path", "args", "max_kv_cache_size", "max_concurrency")
 #: Server fields that only take effect when the server restarts.
 RESTART_FIELDS = ("host", "port", "data_dir")
@@ -86,31 +85,30 @@ async def apply_config(supervisor: Supervisor, new: Config) -> ConfigDiff:
     )
     new = new.model_copy(update={"server": live_server})
     new.source = old.source if new.source is None else new.source
+    budget = supervisor.budget
+    if old.server.memory_budget != live_server.memory_budget:
+        budget = await asyncio.to_thread(supervisor.resolve_budget, new)
     supervisor.config = new
     for worker in supervisor.workers.values():
-        worker.server = live_server
+        worker.set_server(live_server)
     scheduler = supervisor.scheduler
-    scheduler.limits = Limits(
-        max_loaded=live_server.max_loaded_models,
-        fair_wait=live_server.fair_wait,
-        fair_requests=live_server.fair_requests,
-    )
     scheduler.queue_limit = live_server.queue_limit
 
     for name in diff.added:
         supervisor.add_worker(name, new.models[name])
     for name in diff.updated:
-        supervisor.workers[name].model = new.models[name]
+        supervisor.workers[name].update_router_settings(new.models[name])
     stops: list[asyncio.Task[None]] = []
     for name in diff.restarted:
         worker = supervisor.workers[name]
-        if worker.state in RESIDENT:
-            worker.pending_model = new.models[name]  # taken at its next start
+        # A running process keeps its old settings until it stops; the new ones apply at
+        # its next start (the router must never send a new path to an old worker).
+        if worker.update_model(new.models[name]):
             stops.append(asyncio.create_task(supervisor.unload(name)))
-        else:
-            worker.model = new.models[name]
+        supervisor.footprints.plan(worker)
     for worker in supervisor.workers.values():
         worker.reset_slots()  # a new max_concurrency for every model not loaded right now
+    supervisor.set_budget(budget)
     for name in diff.removed:
         stops.append(asyncio.create_task(supervisor.remove_worker(name)))
     if stops:

@@ -128,13 +128,11 @@ class Scheduler:
         worker = self.workers.get(name)
         if worker is None:  # removed by a reload while this request finished
             return
-        worker.inflight -= 1
-        worker.last_used = self._clock.now()
+        worker.finish_request(self._clock.now())
         self.wake()
 
     def _admit(self, worker: ManagedWorker, *, count: bool = True) -> None:
-        worker.inflight += 1
-        worker.requests_total += count  # a preload holds the worker but is not a request
+        worker.admit(count=count)  # a preload holds the worker but is not a request
         if any(w.model != worker.name for w in self._queue):
             self._contended[worker.name] = self._contended.get(worker.name, 0) + 1
             self.wake()  # the fairness bound may now be reached
@@ -180,7 +178,21 @@ class Scheduler:
         action = policy.next_action(self._views(), self.limits, self._clock.now())
         if action is None:
             return
-        if isinstance(action, policy.Drain):
+        if isinstance(action, policy.Refuse):
+            target = self.workers[action.model]
+            self._events.emit(
+                "model.refused",
+                action.model,
+                reason=action.reason,
+                needed_bytes=target.footprint.planned_bytes,
+                budget_bytes=self.limits.budget_bytes,
+            )
+            self.fail_waiters(
+                action.model,
+                WorkerStartError(action.model, action.reason, code="insufficient_memory"),
+            )
+            self.wake()
+        elif isinstance(action, policy.Drain):
             self._events.emit("worker.drain", action.model, for_model=action.for_model)
             self.workers[action.model].drain()
         elif isinstance(action, policy.Undrain):
@@ -192,8 +204,35 @@ class Scheduler:
                 # Drain now, synchronously: between this decision and the stop task's first
                 # step, a new request must queue, not be admitted to a worker about to die.
                 self.workers[action.model].drain()
+                self._record_eviction(action)
             self._op_kind = type(action)
             self._op = asyncio.get_running_loop().create_task(self._run_op(action))
+
+    def _record_eviction(self, action: policy.Stop) -> None:
+        """A ``model.evicted`` event saying why this stop makes room, with the numbers."""
+        if action.for_model is None and action.reason != "over_budget":
+            return  # an idle timeout or an operator's unload is not an eviction
+        views = self._views()
+        victim = views[action.model]
+        data: dict[str, object] = {
+            "victim_bytes": victim.size_bytes,
+            "budget_bytes": self.limits.budget_bytes,
+            "max_loaded": self.limits.max_loaded,
+        }
+        if action.for_model is not None:
+            room = policy.room_for(views, self.limits, views[action.for_model])
+            data |= {
+                "reason": room.reason,
+                "for_model": action.for_model,
+                "needed_bytes": room.needed_bytes,
+                "used_bytes": room.used_bytes,
+                "free_bytes": room.free_bytes,
+                "resident": room.resident,
+            }
+        else:
+            used = sum(v.size_bytes for v in views.values() if v.state not in DOWN)
+            data |= {"reason": "over_budget", "used_bytes": used}
+        self._events.emit("model.evicted", action.model, **data)
 
     def _admit_waiters(self) -> None:
         for waiter in list(self._queue):
@@ -271,6 +310,8 @@ class Scheduler:
                 contended_admits=self._contended.get(name, 0),
                 idle_timeout=worker.idle_timeout(),
                 unload_requested=name in self._unloads,
+                size_bytes=worker.footprint.planned_bytes,
+                pinned=worker.model.pin,
             )
             for name, worker in self.workers.items()
         }

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlx_serve.observability.memory import load_refusal, system_memory
+from mlx_serve.residency import Budget, FootprintLedger, resolve_budget
 from mlx_serve.supervisor.clock import Clock, MonotonicClock
 from mlx_serve.supervisor.events import EventBus
+from mlx_serve.supervisor.footprints import SAMPLE_INTERVAL, FootprintTracker
+from mlx_serve.supervisor.footprints import measure as measure_footprint
 from mlx_serve.supervisor.policy import Limits
 from mlx_serve.supervisor.scheduler import Scheduler
 from mlx_serve.supervisor.states import RESIDENT
@@ -24,7 +27,7 @@ from mlx_serve.workers.process import Launcher, SubprocessLauncher
 from mlx_serve.workers.registry import default_drivers
 
 if TYPE_CHECKING:
-    from mlx_serve.config import Config, ModelConfig, ModelType
+    from mlx_serve.config import Config, ModelConfig, ModelType, ServerConfig
     from mlx_serve.workers.base import WorkerDriver
 
 
@@ -44,6 +47,16 @@ class Lease:
         return self.worker.upstream_model
 
 
+def limits_for(server: ServerConfig, budget: Budget | None) -> Limits:
+    """The scheduler's limits for these server settings."""
+    return Limits(
+        max_loaded=server.loaded_cap,
+        fair_wait=server.fair_wait,
+        fair_requests=server.fair_requests,
+        budget_bytes=budget.bytes if budget is not None else None,
+    )
+
+
 class Supervisor:
     """Owns the workers; hands out leases on them."""
 
@@ -55,6 +68,8 @@ class Supervisor:
         launcher: Launcher | None = None,
         drivers: Mapping[ModelType, WorkerDriver] | None = None,
         clock: Clock | None = None,
+        sample_interval: float = SAMPLE_INTERVAL,
+        measure: Callable[[int | None, int | None], int | None] = measure_footprint,
     ) -> None:
         self.config = config
         self.data_dir = data_dir
@@ -65,21 +80,28 @@ class Supervisor:
         self._drivers = {**default_drivers(), **(drivers or {})}
         self.started_at = self.clock.wall()
         self.workers: dict[str, ManagedWorker] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._sampler_task: asyncio.Task[None] | None = None
+        self.budget = self.resolve_budget(config)
+        self.footprints = FootprintTracker(
+            self.workers,
+            FootprintLedger(data_dir / "footprints.json"),
+            self.events,
+            on_change=self._on_worker_change,
+            sample=measure,
+        )
+        self._sample_interval = sample_interval
         for name, model in config.models.items():
             self.add_worker(name, model)
         server = config.server
         self.scheduler = Scheduler(
             self.workers,
-            limits=Limits(
-                max_loaded=server.max_loaded_models,
-                fair_wait=server.fair_wait,
-                fair_requests=server.fair_requests,
-            ),
+            limits=limits_for(server, self.budget),
             queue_limit=server.queue_limit,
             clock=self.clock,
             events=self.events,
         )
-        self._loop_task: asyncio.Task[None] | None = None
+
         self.reload_lock = asyncio.Lock()  # one config reload at a time
 
     def add_worker(self, name: str, model: ModelConfig) -> ManagedWorker:
@@ -97,7 +119,19 @@ class Supervisor:
             preflight=self._memory_preflight,
         )
         self.workers[name] = worker
+        self.footprints.plan(worker)
         return worker
+
+    @staticmethod
+    def resolve_budget(config: Config) -> Budget | None:
+        """``server.memory_budget`` in bytes on this machine (None: count models instead)."""
+        return resolve_budget(config.server.memory_budget, total_bytes=system_memory().total_bytes)
+
+    def set_budget(self, budget: Budget | None) -> None:
+        """Plan with a new budget (a reload changed it); decisions follow at once."""
+        self.budget = budget
+        self.scheduler.limits = limits_for(self.config.server, budget)
+        self.scheduler.wake()
 
     async def remove_worker(self, name: str) -> None:
         """Stop managing ``name``: queued requests fail, in-flight ones finish, then it stops."""
@@ -138,27 +172,45 @@ class Supervisor:
         self._loop_task = asyncio.get_running_loop().create_task(
             self.scheduler.run(), name="scheduler"
         )
-        self.events.emit("supervisor.started", models=sorted(self.workers))
+        self._sampler_task = asyncio.get_running_loop().create_task(
+            self.footprints.run(self._sample_interval), name="footprints"
+        )
+        budget = self.budget
+        self.events.emit(
+            "supervisor.started",
+            models=sorted(self.workers),
+            memory_budget_bytes=budget.bytes if budget is not None else None,
+            memory_budget_source=budget.source if budget is not None else None,
+            max_loaded_models=self.config.server.loaded_cap,
+        )
         preload = [n for n, w in self.workers.items() if w.model.preload]
-        for name in preload[: self.config.server.max_loaded_models]:
-            asyncio.get_running_loop().create_task(self._preload(name), name=f"preload-{name}")
+        cap = self.config.server.loaded_cap
+        if preload:
+            asyncio.get_running_loop().create_task(
+                self._preload(preload if cap is None else preload[:cap]), name="preload"
+            )
 
-    async def _preload(self, name: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.load(name)
+    async def _preload(self, names: list[str]) -> None:
+        """Load in config order, one after the other: under a budget, each load's measured
+        footprint is known before the next one is planned."""
+        for name in names:
+            with contextlib.suppress(Exception):
+                await self.load(name)
 
     async def shutdown(self) -> None:
         """Refuse new work, stop every worker (SIGTERM -> grace -> SIGKILL), wait for all."""
         await self.scheduler.close()
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for task in (self._loop_task, self._sampler_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await asyncio.gather(
             *(w.stop("shutdown") for w in self.workers.values()), return_exceptions=True
         )
         for worker in self.workers.values():
             await worker.close()
+        self.footprints.close()
         self.events.emit("supervisor.stopped")
 
     # ------------------------------------------------------------- requests
@@ -183,7 +235,7 @@ class Supervisor:
         await self.scheduler.acquire(name, count=count)
         try:
             if keep_alive is not None:
-                worker.keep_alive = keep_alive
+                worker.set_keep_alive(keep_alive)
             queued_s = self.clock.now() - queued_at
             async with worker.slots:
                 yield Lease(worker, queued_s)
@@ -202,7 +254,7 @@ class Supervisor:
         if worker.state not in RESIDENT:
             return
         if force:
-            worker.last_error = "the model was force-unloaded by an operator"
+            worker.note_forced_unload()
             await self.scheduler.force_stop(name, "unload (forced)")
             return
         self.scheduler.request_unload(name)
@@ -214,3 +266,21 @@ class Supervisor:
 
     def loaded(self) -> list[str]:
         return [n for n, w in self.workers.items() if w.state in RESIDENT]
+
+    def memory_report(self) -> dict[str, object]:
+        """The budget and what the resident models take of it (bytes), for status views."""
+        budget = self.budget
+        used = sum(w.footprint.planned_bytes for w in self.workers.values() if w.state in RESIDENT)
+        measured = sum(
+            w.footprint.measured_bytes or 0 for w in self.workers.values() if w.state in RESIDENT
+        )
+        evictions = self.events.recent(kind="model.evicted")
+        return {
+            "budget_bytes": budget.bytes if budget is not None else None,
+            "budget_source": budget.source if budget is not None else None,
+            "max_loaded_models": self.config.server.loaded_cap,
+            "planned_bytes": used,
+            "measured_bytes": measured,
+            "free_bytes": budget.bytes - used if budget is not None else None,
+            "last_eviction": evictions[-1].to_json() if evictions else None,
+        }

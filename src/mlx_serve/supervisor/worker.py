@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from mlx_serve.supervisor.states import DOWN, WorkerState, check_transition
+from mlx_serve.residency.footprint import Footprint
+from mlx_serve.supervisor.states import DOWN, RESIDENT, WorkerState, check_transition
 from mlx_serve.workers.base import LaunchContext, ProbeError, WorkerDriver
 from mlx_serve.workers.process import (
     SIGKILL,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from mlx_serve.config import ModelConfig, ServerConfig
+    from mlx_serve.residency.estimate import Estimate
     from mlx_serve.supervisor.clock import Clock
     from mlx_serve.supervisor.events import EventBus
 
@@ -96,6 +98,7 @@ class ManagedWorker:
         self.exit_code: int | None = None
         self.port: int | None = None
         self.proc: WorkerProcess | None = None
+        self.footprint = Footprint()
         self.slots = asyncio.Semaphore(model.max_concurrency or server.max_concurrency)
         self._lock = asyncio.Lock()
         self._exited = asyncio.Event()
@@ -129,6 +132,60 @@ class ManagedWorker:
         if self.model.idle_timeout is not None:
             return self.model.idle_timeout
         return self.server.idle_timeout
+
+    # ------------------------------------------------- what others may change
+    # Every change to this worker from outside goes through one of these verbs, so the
+    # invariants they keep (inflight never negative, a new path never reaching a running
+    # process) live in one place.
+
+    def admit(self, *, count: bool = True) -> None:
+        """A request (or a preload, ``count=False``) now holds this worker."""
+        self.inflight += 1
+        self.requests_total += count
+
+    def finish_request(self, now: float) -> None:
+        """An admitted request has finished; idle time counts from ``now``."""
+        self.inflight = max(0, self.inflight - 1)
+        self.last_used = now
+
+    def set_keep_alive(self, seconds: float) -> None:
+        """A request's keep_alive replaces the idle timeout for as long as this load lasts."""
+        self.keep_alive = seconds
+
+    def set_server(self, server: ServerConfig) -> None:
+        self.server = server
+
+    def update_model(self, model: ModelConfig) -> bool:
+        """Take a changed config for this model. Settings the process was started with wait
+        for the next start while it runs: returns True when it must restart to apply them."""
+        if self.state in RESIDENT:
+            self.pending_model = model
+            return True
+        self.model = model
+        self.pending_model = None
+        self.reset_slots()
+        return False
+
+    def update_router_settings(self, model: ModelConfig) -> None:
+        """Settings only the router reads (defaults, aliases, timeouts, pin): at once."""
+        self.model = model
+
+    def note_forced_unload(self) -> None:
+        self.last_error = "the model was force-unloaded by an operator"
+
+    def plan_footprint(self, estimate: Estimate | None, learned_bytes: int | None) -> None:
+        """A fresh estimate (and what earlier loads learned) for the next decisions."""
+        self.footprint = Footprint(
+            estimate,
+            learned_bytes,
+            self.footprint.measured_bytes,
+            self.footprint.peak_bytes,
+        )
+
+    def record_footprint(self, measured_bytes: int) -> None:
+        """A measurement of this load's process tree."""
+        if self.state in RESIDENT:
+            self.footprint = self.footprint.sampled(measured_bytes)
 
     # ----------------------------------------------------------- transitions
 
@@ -290,6 +347,7 @@ class ManagedWorker:
             proc.signal_group(SIGKILL)  # anything it forked goes with it
             self.loaded_at = None
             self.keep_alive = None
+            self.footprint = self.footprint.unloaded()
             self._events.emit("worker.crashed", self.name, exit_code=code, log_tail=tail)
             self._fail(f"the worker exited with code {code}", log_tail=tail)
 
@@ -308,6 +366,7 @@ class ManagedWorker:
             await self._kill_group(proc)
             self.loaded_at = None
             self.keep_alive = None
+            self.footprint = self.footprint.unloaded()
             self._change_state(S.STOPPED, exit_code=self.exit_code)  # STOPPING -> STOPPED
             self._events.emit(
                 "model.unloaded",
