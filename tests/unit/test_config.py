@@ -529,6 +529,7 @@ def test_legacy_format_mapped_with_notice(tmp_path: Path) -> None:
     assert cfg.server.port == 9000
     assert cfg.server.idle_timeout == 300
     assert cfg.server.startup_timeout == 60
+    assert cfg.server.loaded_cap == 1  # a 0.3.0 config keeps one model at a time
     assert list(cfg.models) == ["qwen", "vl", "embed", "whisper"]
     qwen = cfg.models["qwen"]
     assert qwen.type is ModelType.TEXT

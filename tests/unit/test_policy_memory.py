@@ -165,3 +165,9 @@ def test_models_measured_over_the_budget_give_back_the_least_recent_idle_one() -
         resident("old", 600, last_used=1, pinned=True), resident("new", 600, last_used=5)
     )
     assert next_action(pinned, budget(1000), now=6) is None
+
+
+def test_a_pinned_model_being_unloaded_does_not_refuse_the_next_one() -> None:
+    leaving = resident("pinned", 600, pinned=True, unload_requested=True, inflight=1)
+    v = views(leaving, wanted("new", 500))
+    assert not isinstance(next_action(v, budget(1000), now=1), Refuse)

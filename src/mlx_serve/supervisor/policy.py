@@ -133,7 +133,9 @@ def refusal(views: Mapping[str, ModelView], limits: Limits, target: ModelView) -
             f"({budget / gib:.2f} GiB, {budget} bytes)"
         )
     pinned = [
-        v for v in views.values() if v.pinned and v.state in RESIDENT and v.name != target.name
+        v
+        for v in views.values()
+        if v.pinned and v.state in RESIDENT and v.name != target.name and not v.unload_requested
     ]
     if not pinned:
         return None

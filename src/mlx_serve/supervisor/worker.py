@@ -47,7 +47,8 @@ class WorkerStartError(Exception):
     """The worker could not be made ready; ``reason`` says why, ``log_tail`` shows its output."""
 
     def __init__(self, name: str, reason: str, log_tail: str = "", *, code: str = "") -> None:
-        message = f"model {name!r} failed to start: {reason}"
+        verb = "cannot be loaded" if code == "insufficient_memory" else "failed to start"
+        message = f"model {name!r} {verb}: {reason}"
         if log_tail:
             message += f"\n--- last lines of its log ---\n{log_tail}"
         super().__init__(message)
