@@ -40,6 +40,7 @@ pytestmark = [
 
 DASHBOARD = Path(mlx_serve.__file__).parent / "router" / "static" / "dashboard.html"
 GiB = 1024**3
+MiB = 1024**2
 #: Query string for tests: poll /api/stats every 0.25 s instead of every 2 s.
 FAST = "?poll=250"
 
@@ -65,6 +66,8 @@ class StubModel:
     rss: int
     aliases: list[str] = field(default_factory=list)
     fails: str | None = None  # loading fails with this message
+    pin: bool = False
+    on_disk: bool = True  # False: the estimate has no weights (a hub repo not pulled yet)
     state: str = "stopped"
     error: str | None = None
     pid: int | None = None
@@ -77,10 +80,43 @@ class StubModel:
     latencies: list[float] = field(default_factory=list)
     speeds: list[float] = field(default_factory=list)
     errors: int = 0
+    learned: int | None = None  # the peak of the last load
+    measured: int | None = None  # while loaded
+    peak: int | None = None  # of the current load
 
     @property
     def status(self) -> str:
         return API_STATUS[self.state]
+
+    def estimate(self) -> dict[str, Any]:
+        """The estimate keys of ``memory`` (``Estimate.to_json``): a little under what the
+        model measures, as estimates of real models are."""
+        weights = int(self.rss * 0.7) if self.on_disk else None
+        kv_cache, tokens = (128 * MiB, 8192) if self.type in ("text", "vision") else (0, None)
+        if not self.on_disk:
+            kv_cache, tokens = 0, None
+        overhead = 400 * MiB if self.type == "vision" else 250 * MiB
+        return {
+            "estimate_bytes": (weights or 0) + kv_cache + overhead,
+            "weights_bytes": weights,
+            "kv_cache_bytes": kv_cache,
+            "overhead_bytes": overhead,
+            "context_tokens": tokens,
+        }
+
+    @property
+    def planned(self) -> int:
+        """What the scheduler counts: the largest of estimate, learned and this load's peak."""
+        return max(self.estimate()["estimate_bytes"], self.learned or 0, self.peak or 0)
+
+    def memory(self) -> dict[str, Any]:
+        return {
+            **self.estimate(),
+            "learned_bytes": self.learned,
+            "measured_bytes": self.measured,
+            "peak_bytes": self.peak,
+            "planned_bytes": self.planned,
+        }
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -91,13 +127,19 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 class StubServer:
-    """The management API contract over fake models; one loaded model at a time."""
+    """The management API contract over fake models; one loaded model at a time, or as many
+    as fit in ``budget`` bytes (least recently used evicted first, pinned ones never)."""
 
     IDLE_TIMEOUT = 600.0
 
-    def __init__(self, api_key: str | None = None, load_delay: float = 0.3) -> None:
+    def __init__(
+        self, api_key: str | None = None, load_delay: float = 0.3, budget: int | None = None
+    ) -> None:
         self.api_key = api_key
         self.load_delay = load_delay
+        self.budget = budget
+        # As the real server: no budget means one model at a time, a budget no count limit.
+        self.max_loaded: int | None = None if budget is not None else 1
         self.started_at = time.time()
         self.models = {
             m.name: m
@@ -117,9 +159,13 @@ class StubServer:
                     ["llama"],
                 ),
                 StubModel("qwen-vl", "vision", "mlx-community/Qwen2-VL-2B-Instruct-4bit", 2 * GiB),
-                StubModel("minilm", "embedding", "~/models/all-MiniLM-L6-v2", int(0.18 * GiB)),
+                StubModel(
+                    "minilm", "embedding", "~/models/all-MiniLM-L6-v2", int(0.18 * GiB), pin=True
+                ),
                 StubModel("soprano", "tts", "ekwek/Soprano-80M", int(0.35 * GiB)),
-                StubModel("whisper", "stt", "mlx-community/whisper-tiny", int(0.25 * GiB)),
+                StubModel(
+                    "whisper", "stt", "mlx-community/whisper-tiny", int(0.25 * GiB), on_disk=False
+                ),
                 StubModel(
                     "broken",
                     "text",
@@ -153,15 +199,56 @@ class StubServer:
         old, m.state = m.state, new
         self.emit("worker.state", m.name, old=old, new=new, **data)
 
+    def _resident(self) -> list[StubModel]:
+        return [x for x in self.models.values() if x.state in ("starting", "ready")]
+
+    def _room_for(self, m: StubModel) -> str | None:
+        """Why ``m`` does not fit beside the resident models ("memory", "count"), or None."""
+        used = sum(x.planned for x in self._resident())
+        if self.budget is not None and used + m.planned > self.budget:
+            return "memory"
+        if self.max_loaded is not None and len(self._resident()) >= self.max_loaded:
+            return "count"
+        return None
+
     async def load(self, m: StubModel, keep_alive: float | None = None) -> None:
-        """Load ``m`` (after unloading whatever else is loaded); raises on a failing model."""
+        """Load ``m`` (after evicting what it does not fit beside); raises on a failing model
+        and, with HTTP 507, on one that can never fit."""
         async with self._lock:
             if m.state == "ready":
                 return
-            for other in self.models.values():
-                if other.state == "ready":
-                    self.emit("swap", other.name, to=m.name)
-                    await self._unload(other, "swap")
+            while (reason := self._room_for(m)) is not None:
+                victims = [x for x in self._resident() if not x.pin]
+                if not victims:
+                    why = "it does not fit beside the pinned models"
+                    self.emit(
+                        "model.refused",
+                        m.name,
+                        reason=why,
+                        needed_bytes=m.planned,
+                        budget_bytes=self.budget,
+                    )
+                    raise web.HTTPInsufficientStorage(
+                        text=json.dumps(_error(f"model '{m.name}' cannot be loaded: {why}", 507)),
+                        content_type="application/json",
+                    )
+                victim = min(victims, key=lambda x: x.last_used or 0)
+                used = sum(x.planned for x in self._resident())
+                self.emit(
+                    "model.evicted",
+                    victim.name,
+                    victim_bytes=victim.planned,
+                    budget_bytes=self.budget,
+                    max_loaded=self.max_loaded,
+                    reason=reason,
+                    for_model=m.name,
+                    needed_bytes=m.planned,
+                    used_bytes=used,
+                    free_bytes=None if self.budget is None else self.budget - used,
+                    resident=len(self._resident()),
+                )
+                self.emit("swap", victim.name, to=m.name)
+                await self._unload(victim, "swap")
             self._state(m, "starting")
             started = time.monotonic()
             await asyncio.sleep(self.load_delay)
@@ -184,6 +271,14 @@ class StubServer:
                 pid=m.pid,
                 type=m.type,
             )
+            m.measured = m.peak = m.rss
+            self.emit(
+                "model.footprint",
+                m.name,
+                measured_bytes=m.rss,
+                estimate_bytes=m.estimate()["estimate_bytes"],
+                planned_bytes=m.planned,
+            )
 
     async def unload(self, m: StubModel, reason: str = "requested") -> None:
         async with self._lock:
@@ -195,6 +290,7 @@ class StubServer:
         self._state(m, "stopping", reason=reason)
         await asyncio.sleep(self.load_delay / 3)
         m.pid = m.port = m.loaded_at = m.keep_alive_s = None
+        m.learned, m.measured, m.peak = m.peak or m.learned, None, None
         self._state(m, "stopped", exit_code=0)
         self.emit("model.unloaded", m.name, reason=reason, was="ready", duration_s=0.2)
 
@@ -208,6 +304,8 @@ class StubServer:
         loaded = [m for m in self.models.values() if m.state == "ready"]
         workers = sum(m.rss for m in loaded)
         wobble = int(self._rng.uniform(-0.15, 0.15) * GiB)
+        planned = sum(m.planned for m in self._resident())
+        evictions = [e for e in self.events if e["kind"] == "model.evicted"]
         return {
             "version": "0.4.0.dev0",
             "uptime_s": now - self.started_at,
@@ -218,6 +316,13 @@ class StubServer:
                 "system_available_bytes": int(19.5 * GiB) - workers + wobble,
                 "workers_rss_bytes": workers,
                 "router_rss_bytes": 87 * 1024**2,
+                "budget_bytes": self.budget,
+                "budget_source": "configured" if self.budget is not None else None,
+                "max_loaded_models": self.max_loaded,
+                "planned_bytes": planned,
+                "measured_bytes": sum(m.measured or 0 for m in self._resident()),
+                "free_bytes": None if self.budget is None else self.budget - planned,
+                "last_eviction": evictions[-1] if evictions else None,
             },
             "queue": {"waiting": 0},
             "models": [self._model_json(m, now) for m in self.models.values()],
@@ -248,6 +353,8 @@ class StubServer:
             "requests": len(m.latencies),
             "inflight": m.inflight,
             "waiting": 0,
+            "pinned": m.pin,
+            "memory": m.memory(),
             "metrics": {
                 "count": len(m.latencies),
                 "errors": m.errors,
@@ -420,11 +527,12 @@ StartTarget = Callable[..., Awaitable[Target]]
 
 @pytest.fixture
 async def stub_factory() -> AsyncIterator[Callable[..., Awaitable[StubServer]]]:
-    """Factory: ``await stub_factory(api_key=...)`` -> a running :class:`StubServer`."""
+    """Factory: ``await stub_factory(api_key=..., budget=...)`` -> a running
+    :class:`StubServer`."""
     runners: list[web.AppRunner] = []
 
-    async def start(api_key: str | None = None) -> StubServer:
-        server = StubServer(api_key)
+    async def start(api_key: str | None = None, budget: int | None = None) -> StubServer:
+        server = StubServer(api_key, budget=budget)
         runner = web.AppRunner(server.app(), shutdown_timeout=2)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -509,6 +617,22 @@ def q(value: str) -> str:
 def row(name: str) -> str:
     """JS expression: the table row of model ``name`` (CSS.escape copes with / and :)."""
     return f"document.querySelector('tr.model[data-model=\"' + CSS.escape({q(name)}) + '\"]')"
+
+
+def text_of(selector: str) -> str:
+    """JS expression: the text of the element ``selector`` (a CSS selector)."""
+    return f"document.querySelector({q(selector)}).textContent"
+
+
+async def event_text(browser: Browser, kind: str, model: str | None = None) -> str:
+    """The text of the newest logged event of ``kind`` (of ``model``)."""
+    await wait_event(browser, kind, model)
+    found = await browser.evaluate(
+        f"[...document.querySelectorAll('#events li[data-kind={q(kind)}]')]"
+        f".find((li) => !{q(model or '')} || li.querySelector('.ev-model').textContent === "
+        f"{q(model or '')}).querySelector('.ev-text').textContent"
+    )
+    return str(found)
 
 
 async def status_of(browser: Browser, name: str) -> str | None:
@@ -604,6 +728,13 @@ async def test_dashboard_follows_the_server(
         "v"
     )
     await browser.wait_for("document.getElementById('conn').dataset.state === 'live'", what="live")
+    # No memory budget on either target: one model at a time, no bar.
+    await browser.wait_for(
+        f"{text_of('#budget-text')} === 'no memory budget · one model at a time'",
+        what="the residency note",
+    )
+    assert await browser.evaluate("document.getElementById('budget-bar').hidden")
+    assert await browser.evaluate("document.getElementById('last-eviction').hidden")
 
     # A request through the OpenAI API: its model shows as loaded, the request is logged.
     assert await target.chat(target.request_as) == 200
@@ -629,6 +760,24 @@ async def test_dashboard_follows_the_server(
     assert await browser.evaluate(
         f"{row(target.clicked)}.querySelector('button[data-action=load]').disabled"
     )
+    # It took the one slot from the requested model: the eviction is logged and shown.
+    evicted = await event_text(browser, "model.evicted", requested)
+    assert evicted.startswith(f"evicted for {target.clicked}: count, max 1 loaded")
+    await browser.wait_for(
+        f"{text_of('#last-eviction')}.startsWith("
+        f"{q(f'evicted {requested} for {target.clicked} ')})",
+        what="the last eviction",
+    )
+    assert (await browser.evaluate(text_of("#last-eviction"))).endswith(": count, max 1 loaded")
+    # The loaded model's memory: measured now, and what is planned for it.
+    await wait_event(browser, "model.footprint", target.clicked)
+    footprint = await event_text(browser, "model.footprint", target.clicked)
+    assert footprint.startswith("measured ") and " · planned " in footprint
+    cell = f"{row(target.clicked)}.querySelector('td:nth-child(4)')"
+    await browser.wait_for(
+        f"{cell}.firstChild.textContent !== '—'", what="the measured memory of the loaded model"
+    )
+    assert (await browser.evaluate(f"{cell}.lastChild.textContent")).startswith("plan ")
     # The Unload button.
     await click(browser, target.clicked, "unload")
     await wait_status(browser, target.clicked, "unloaded", target.load_timeout)
@@ -775,3 +924,96 @@ async def test_model_names_are_encoded_per_path_segment(stub: StubServer, browse
     await browser.navigate(f"{stub.url}/dashboard")
     path = await browser.evaluate("window.mlxServeDashboard.modelPath('org/na me:4bit?x#y%')")
     assert path == "org/na%20me%3A4bit%3Fx%23y%25"
+
+
+async def test_memory_budget_on_a_laptop_screen(
+    stub_factory: Callable[..., Awaitable[StubServer]], tmp_path: Path
+) -> None:
+    """Stub-only: a budget that holds about two models, at 1024 px: the bar fills per loaded
+    model, evictions say why, a pinned model is marked and never evicted, nothing overflows."""
+    stub = await stub_factory(budget=int(3.5 * GiB))
+    async with Browser.launch(width=1024, height=768) as browser:
+        await browser.navigate(f"{stub.url}/dashboard{FAST}")
+        await wait_status(browser, "qwen", "unloaded")
+        await browser.wait_for(
+            f"{text_of('#budget-text')} === '0 B planned of 3.50 GiB · 3.50 GiB free'",
+            what="the empty budget",
+        )
+        assert await browser.evaluate(text_of("#budget-source")) == "(configured)"
+        assert not await browser.evaluate("document.getElementById('budget-bar').hidden")
+
+        # The pin marker: on the pinned model only.
+        pins = await browser.evaluate(
+            "[...document.querySelectorAll('tr.model')].filter(r => !r.querySelector('.pin')"
+            ".hidden).map(r => r.dataset.model)"
+        )
+        assert pins == ["minilm"]
+        # Planned memory before any load: estimates ("~"), or "≥" without the weights.
+        plan = "querySelector('td:nth-child(4) .mem-plan').textContent"
+        assert (await browser.evaluate(f"{row('qwen')}.{plan}")).startswith("plan ~")
+        assert await browser.evaluate(f"{row('whisper')}.{plan}") == "plan ≥250 MiB"
+
+        # qwen and llama fit together; qwen-vl does not fit beside both: qwen (least recently
+        # used) is evicted for it; the pinned minilm then pushes llama out, and stays.
+        for name in ("qwen", "llama", "qwen-vl", "minilm"):
+            await stub.chat(name)
+        await wait_status(browser, "minilm", "loaded")
+        assert {m.name for m in stub.models.values() if m.state == "ready"} == {
+            "qwen-vl",
+            "minilm",
+        }
+        await browser.wait_for(
+            "[...document.querySelectorAll('#budget-bar span')].map(s => s.dataset.model)"
+            ".join() === 'qwen-vl,minilm'",
+            what="one bar segment per loaded model",
+        )
+        evicted = await event_text(browser, "model.evicted", "qwen")
+        assert evicted.startswith("evicted for qwen-vl: memory, needed 1.92 GiB, free ")
+        await browser.wait_for(
+            f"{text_of('#last-eviction')}"
+            ".startsWith('evicted mlx-community/Llama-3.2-1B-Instruct:4bit for minilm ')",
+            what="the last eviction",
+        )
+        assert ": memory, needed 379 MiB, free " in await browser.evaluate(
+            text_of("#last-eviction")
+        )
+        # Loaded: measured now, and planned from this load's peak (no "~" any more).
+        cell = f"{row('qwen-vl')}.querySelector('td:nth-child(4)')"
+        await browser.wait_for(f"{cell}.firstChild.textContent === '2.00 GiB'", what="measured")
+        assert await browser.evaluate(f"{cell}.lastChild.textContent") == "plan 2.00 GiB"
+        footprint = await event_text(browser, "model.footprint", "qwen-vl")
+        assert footprint == "measured 2.00 GiB · estimated 1.92 GiB (+4%) · planned 2.00 GiB"
+        stub.emit(
+            "model.refused",
+            "broken",
+            reason="its planned footprint (4.00 GiB) exceeds the whole memory budget (3.50 GiB)",
+            needed_bytes=4 * GiB,
+            budget_bytes=int(3.5 * GiB),
+        )
+        refused = await event_text(browser, "model.refused", "broken")
+        assert refused.startswith("refused: needs 4.00 GiB of a 3.50 GiB budget · its planned")
+        assert await browser.evaluate(
+            "document.querySelector('#events li[data-kind=\"model.refused\"]')"
+            ".classList.contains('is-error')"
+        )
+
+        # At 1024 px the page does not scroll sideways and the budget strip fits (the models
+        # table scrolls inside its panel, as it did before the memory figures); the eviction,
+        # cut to fit, is whole in its tooltip.
+        overflowing = await browser.evaluate(
+            "[document.documentElement, document.getElementById('budget')]"
+            ".filter(el => el.scrollWidth > el.clientWidth + 1).map(el => el.id || 'page')"
+        )
+        assert overflowing == []
+        title = await browser.evaluate("document.getElementById('last-eviction').title")
+        assert title.startswith("evicted mlx-community/Llama-3.2-1B-Instruct:4bit for minilm ")
+        await settle(browser)
+        check_png(await browser.screenshot(tmp_path / "dashboard-budget.png", full_page=True))
+
+        # A budget lowered below what is loaded (a config reload): shown as over budget.
+        stub.budget = 2 * GiB
+        await browser.wait_for(
+            "document.getElementById('budget-bar').classList.contains('over')", what="over"
+        )
+        assert "over by " in await browser.evaluate(text_of("#budget-text"))
+        assert unexpected(browser.errors) == []

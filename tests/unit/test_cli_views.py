@@ -1,7 +1,8 @@
 """The CLI's rendering, as pure functions of the management API's JSON, at 80 columns.
 
-The sample JSON below is written by hand to look like a busy server (a loaded model, one with
-a name too long for the table, a failed one, a pinned one serving requests); a test builds the
+The sample JSON below is written by hand to look like a busy server with a memory budget (a
+loaded model, one with a name too long for the table, one whose files are not downloaded yet, a
+failed one, a pinned one serving requests, a model evicted a moment ago); a test builds the
 real ``/api/stats`` answer from a supervisor with fake workers and checks the sample has the
 same keys, so the views cannot drift from what the server sends.
 """
@@ -24,6 +25,7 @@ from mlx_serve.cli.commands import worker_log_path
 NOW = 1_700_000_000.0
 LONG_NAME = "Meta-Llama-3.1-8B-Instruct-4bit-with-an-even-longer-suffix"
 GIB = 2**30
+MIB = 2**20
 
 
 def _metrics(count: int = 0, ttft: float | None = None, tps: float | None = None) -> dict[str, Any]:
@@ -34,6 +36,34 @@ def _metrics(count: int = 0, ttft: float | None = None, tps: float | None = None
     for q in (50, 95, 99):
         out[f"queued_p{q}_s"] = None if ttft is None else 0.0
     out["tokens_per_s_p50"] = tps
+    return out
+
+
+def _memory(
+    estimate: tuple[int | None, int, int, int | None] | None = None,
+    learned: int | None = None,
+    measured: int | None = None,
+    peak: int | None = None,
+) -> dict[str, Any]:
+    """A model's ``memory`` (``Footprint.to_json``): ``estimate`` is (weights, KV cache,
+    overhead, context tokens); without one the estimate keys are absent, as the server does."""
+    out: dict[str, Any] = {}
+    if estimate is not None:
+        weights, kv_cache, overhead, tokens = estimate
+        out = {
+            "estimate_bytes": (weights or 0) + kv_cache + overhead,
+            "weights_bytes": weights,
+            "kv_cache_bytes": kv_cache,
+            "overhead_bytes": overhead,
+            "context_tokens": tokens,
+        }
+    figures = [out.get("estimate_bytes", 0), learned or 0, peak or 0]
+    out |= {
+        "learned_bytes": learned,
+        "measured_bytes": measured,
+        "peak_bytes": peak,
+        "planned_bytes": max(figures),
+    }
     return out
 
 
@@ -59,6 +89,8 @@ def _model(name: str, **fields: Any) -> dict[str, Any]:
         "requests": 0,
         "inflight": 0,
         "waiting": 0,
+        "pinned": False,
+        "memory": _memory(),
         "metrics": _metrics(),
     }
     entry.update(fields)
@@ -66,7 +98,11 @@ def _model(name: str, **fields: Any) -> dict[str, Any]:
 
 
 def sample_stats() -> dict[str, Any]:
-    """``GET /api/stats`` of a server with five models in different states."""
+    """``GET /api/stats`` of a server with five models in different states and a budget."""
+    models = _sample_models()
+    planned = sum(
+        m["memory"]["planned_bytes"] for m in models if m["status"] in ("loaded", "loading")
+    )
     return {
         "version": "0.4.0",
         "uptime_s": 7512.3,
@@ -77,43 +113,98 @@ def sample_stats() -> dict[str, Any]:
             "system_available_bytes": int(5.1 * GIB),
             "workers_rss_bytes": int(4.2 * GIB),
             "router_rss_bytes": 60_000_000,
+            "budget_bytes": 12 * GIB,
+            "budget_source": "75% of 16.0 GiB physical",
+            "max_loaded_models": None,
+            "planned_bytes": planned,
+            "measured_bytes": int(4.2 * GIB),
+            "free_bytes": 12 * GIB - planned,
+            "last_eviction": EVICTION,
         },
         "queue": {"waiting": 0},
-        "models": [
-            _model(
-                "qwen",
-                status="loaded",
-                aliases=["default"],
-                rss_bytes=int(1.2 * GIB),
-                last_used=NOW - 185,
-                expires_in_s=415.0,
-                requests=42,
-                metrics=_metrics(42, ttft=0.0452, tps=812.4),
-            ),
-            _model(LONG_NAME, last_used=NOW - 7400, requests=3, metrics=_metrics(3, 0.31, 35.2)),
-            _model("minilm", type="embedding", status="loading", pid=4343),
-            _model(
-                "whisper",
-                type="stt",
-                status="failed",
-                error="model 'whisper' failed to start: the worker exited with code 1 while "
-                "loading\n--- last lines of its log ---\nTraceback ...",
-            ),
-            _model(
-                "pinned",
-                type="vision",
-                status="loaded",
-                rss_bytes=3 * GIB,
-                last_used=NOW - 5,
-                idle_timeout_s=-1.0,
-                keep_alive_s=-1.0,
-                requests=1200,
-                inflight=2,
-                metrics=_metrics(1200, ttft=1.234, tps=12.3),
-            ),
-        ],
+        "models": models,
         "events": [],
     }
+
+
+#: ``memory.last_eviction``: LONG_NAME was unloaded to make room for qwen (as the scheduler
+#: emits it).
+EVICTION: dict[str, Any] = {
+    "seq": 311,
+    "ts": NOW - 190,
+    "kind": "model.evicted",
+    "model": LONG_NAME,
+    "victim_bytes": int(4.6 * GIB),
+    "budget_bytes": 12 * GIB,
+    "max_loaded": None,
+    "reason": "memory",
+    "for_model": "qwen",
+    "needed_bytes": int(1.3 * GIB),
+    "used_bytes": int(11.5 * GIB),
+    "free_bytes": int(0.5 * GIB),
+    "resident": 3,
+}
+
+
+def _sample_models() -> list[dict[str, Any]]:
+    return [
+        _model(
+            "qwen",
+            status="loaded",
+            aliases=["default"],
+            rss_bytes=int(1.2 * GIB),
+            last_used=NOW - 185,
+            expires_in_s=415.0,
+            requests=42,
+            memory=_memory(
+                (int(0.8 * GIB), 96 * MIB, 250 * MIB, 8192),
+                learned=int(1.3 * GIB),
+                measured=int(1.2 * GIB),
+                peak=int(1.25 * GIB),
+            ),
+            metrics=_metrics(42, ttft=0.0452, tps=812.4),
+        ),
+        _model(
+            LONG_NAME,
+            last_used=NOW - 7400,
+            requests=3,
+            memory=_memory((int(4.2 * GIB), 256 * MIB, 250 * MIB, 8192)),
+            metrics=_metrics(3, 0.31, 35.2),
+        ),
+        _model(
+            "minilm",
+            type="embedding",
+            status="loading",
+            pid=4343,
+            memory=_memory((None, 0, 250 * MIB, None)),  # not downloaded yet
+        ),
+        _model(
+            "whisper",
+            type="stt",
+            status="failed",
+            error="model 'whisper' failed to start: the worker exited with code 1 while "
+            "loading\n--- last lines of its log ---\nTraceback ...",
+        ),
+        _model(
+            "pinned",
+            type="vision",
+            status="loaded",
+            rss_bytes=3 * GIB,
+            last_used=NOW - 5,
+            idle_timeout_s=-1.0,
+            keep_alive_s=-1.0,
+            requests=1200,
+            inflight=2,
+            pinned=True,
+            memory=_memory(
+                (int(2.5 * GIB), 128 * MIB, 400 * MIB, 4096),
+                learned=int(3.1 * GIB),
+                measured=3 * GIB,
+                peak=int(3.05 * GIB),
+            ),
+            metrics=_metrics(1200, ttft=1.234, tps=12.3),
+        ),
+    ]
 
 
 def render(renderable: RenderableType, width: int = 80) -> str:
@@ -201,22 +292,29 @@ def test_status_table_fits_80_columns() -> None:
     assert_fits(text)
     lines = text.splitlines()
     head = "\n".join(lines[:8])
-    for header in ("model", "type", "status", "memory", "last", "used", "idle", "left"):
+    for header in ("model", "type", "status", "memory", "planned", "last", "used", "idle"):
         assert header in head
-    for header in ("reqs", "TTFT", "p50 ms", "tok/s"):
+    for header in ("left", "reqs", "TTFT", "p50 ms", "tok/s"):
         assert header in head
     assert lines[0].startswith("mlx-serve 0.4.0 · up 2h05m · 5.1 GiB of 16.0 GiB free")
     assert lines[1] == "config /Users/someone/.mlx-serve/models.yaml"
+    assert lines[2] == (
+        "budget 12.0 GiB · planned 4.6 GiB · free 7.4 GiB · 75% of 16.0 GiB physical"
+    )
 
     rows = {line.split()[0]: line for line in lines if line.split()}
+    # memory: what the loaded model measures; planned: what the budget counts for it.
     assert rows["qwen"].split()[1:] == [
-        *("text", "loaded", "1.2", "GiB", "3m", "ago", "6m", "42", "45", "812"),
+        *("text", "loaded", "1.2", "GiB", "1.3", "GiB", "3m", "ago", "6m", "42", "45", "812"),
     ]
-    assert rows["minilm"].split()[1:3] == ["embed", "loading"]
+    assert rows["minilm"].split()[1:5] == ["embed", "loading", "—", "≥250"], "no weights yet"
     assert rows["pinned"].split()[1:] == [
-        *("vision", "loaded", "3.0", "GiB", "5s", "ago", "never", "1200+2", "1234", "12"),
+        *("📌", "vision", "loaded", "3.0", "GiB", "3.1", "GiB", "5s", "ago", "never"),
+        *("1200+2", "1234", "12"),
     ]
-    assert rows["whisper"].split()[1:5] == ["stt", "failed", "—", "never"]
+    assert rows["whisper"].split()[1:6] == ["stt", "failed", "—", "?", "never"]
+    (llama,) = [line for line in lines if line.startswith("Meta-Llama")]
+    assert llama.split()[3:6] == ["—", "~4.7", "GiB"], "only an estimate: never loaded"
 
 
 def test_long_model_name_is_cut_with_an_ellipsis_not_wrapped() -> None:
@@ -229,6 +327,18 @@ def test_long_model_name_is_cut_with_an_ellipsis_not_wrapped() -> None:
     assert line.split()[1:3] == ["text", "unloaded"], "the other cells stay on the same line"
     # Every data row is exactly one line: 5 models, 2 header lines, 1 rule.
     assert len(text.rstrip("\n").splitlines()) == 5 + 2 + 1
+
+
+def test_the_pin_marker_survives_a_cut_name() -> None:
+    stats = sample_stats()
+    stats["models"][1]["pinned"] = True
+    text = render(views.status_table(stats, now=NOW))
+    assert_fits(text)
+    (line,) = [line for line in text.splitlines() if "Meta-Llama" in line]
+    name, marker = line.split()[:2]
+    assert name.endswith("…") and marker == views.PIN
+    unpinned = [line for line in text.splitlines() if line.startswith(("qwen ", "minilm "))]
+    assert len(unpinned) == 2 and all(views.PIN not in line for line in unpinned)
 
 
 def test_status_table_uses_the_room_a_wide_terminal_has() -> None:
@@ -259,6 +369,106 @@ def test_status_of_a_server_with_no_models() -> None:
     stats = {**sample_stats(), "models": [], "config_path": None}
     text = render(views.status_view(stats, now=NOW))
     assert "config (none)" in text and "model" in text
+
+
+def _no_budget(cap: int | None = 1) -> dict[str, Any]:
+    return {
+        **sample_stats()["memory"],
+        "budget_bytes": None,
+        "budget_source": None,
+        "max_loaded_models": cap,
+        "free_bytes": None,
+        "last_eviction": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [
+        (_no_budget(1), "no memory budget · one model at a time"),
+        (_no_budget(3), "no memory budget · max 3 loaded"),
+        (_no_budget(None), "no memory budget · no model limit"),
+        (
+            {**sample_stats()["memory"], "max_loaded_models": 2, "budget_source": "configured"},
+            "budget 12.0 GiB · planned 4.6 GiB · free 7.4 GiB · max 2 loaded · configured",
+        ),
+        (
+            {**sample_stats()["memory"], "planned_bytes": 13 * GIB, "free_bytes": -GIB},
+            "budget 12.0 GiB · planned 13.0 GiB · over by 1.0 GiB · 75% of 16.0 GiB physical",
+        ),
+    ],
+)
+def test_memory_line(memory: dict[str, Any], expected: str) -> None:
+    assert views.memory_line(memory).plain == expected
+
+
+def test_memory_line_colors_what_needs_attention() -> None:
+    over = views.memory_line({**sample_stats()["memory"], "free_bytes": -GIB})
+    assert any(str(span.style) == "bold red" for span in over.spans)
+    low = views.memory_line({**sample_stats()["memory"], "free_bytes": GIB // 2})
+    assert any(str(span.style) == "yellow" for span in low.spans)
+
+
+def test_a_long_budget_source_is_cut_not_wrapped() -> None:
+    stats = sample_stats()
+    stats["memory"]["budget_source"] = (
+        "auto: MLX's recommended working set 21.3 GiB minus 1.0 GiB (and then some more)"
+    )
+    lines = render(views.status_view(stats, now=NOW)).splitlines()
+    assert_fits("\n".join(lines))
+    assert lines[2].startswith("budget 12.0 GiB · planned 4.6 GiB · free 7.4 GiB · auto:")
+    assert lines[2].endswith("…") and lines[3] == ""
+
+
+def test_status_shows_the_last_eviction() -> None:
+    text = render(views.status_view(sample_stats(), now=NOW))
+    (line,) = [x for x in text.splitlines() if x.startswith("evicted ")]
+    # The victim's long name is cut, the numbers are not.
+    assert (
+        line == "evicted Meta-Llama-3.1-8B… for qwen 3m ago: memory, needed 1.3 GiB, free 512 MiB"
+    )
+    wide = render(views.status_view(sample_stats(), now=NOW), width=160)
+    assert f"evicted {LONG_NAME} for qwen 3m ago: memory" in wide
+    without = {**sample_stats(), "memory": _no_budget()}
+    assert "evicted" not in render(views.status_view(without, now=NOW))
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (
+            {"model": "qwen", "for_model": "llama", "reason": "count", "max_loaded": 1},
+            "evicted qwen for llama 3m ago: count, max 1 loaded",
+        ),
+        (
+            {"model": "qwen", "for_model": None, "reason": "over_budget", "free_bytes": None},
+            "evicted qwen 3m ago: over budget, 11.5 GiB planned of 12.0 GiB",
+        ),
+        (
+            {"model": "a" * 50, "for_model": "b" * 50},
+            f"evicted {'a' * 10}… for {'b' * 10}… 3m ago: memory, needed 1.3 GiB, free 512 MiB",
+        ),
+    ],
+)
+def test_eviction_line(fields: dict[str, Any], expected: str) -> None:
+    line = render(views.eviction_line({**EVICTION, **fields}, now=NOW)).rstrip("\n")
+    assert line == expected and len(line) <= 80
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [
+        ({"planned_bytes": GIB, "learned_bytes": GIB}, "1.0 GiB"),
+        ({"planned_bytes": GIB, "peak_bytes": GIB}, "1.0 GiB"),
+        ({"planned_bytes": GIB, "estimate_bytes": GIB, "weights_bytes": 3 * 2**29}, "~1.0 GiB"),
+        ({"planned_bytes": GIB, "estimate_bytes": GIB, "weights_bytes": None}, "≥1.0 GiB"),
+        ({"planned_bytes": 0}, "?"),
+        ({}, "?"),
+    ],
+)
+def test_planned_text(memory: dict[str, Any], expected: str) -> None:
+    assert views.planned_text({"memory": memory}).plain == expected
+    assert views.planned_text({}).plain == "?", "a server without memory figures"
 
 
 # ------------------------------------------------------------------ other views
@@ -304,7 +514,13 @@ def test_show_panel() -> None:
         "qwen",
         "loaded",
         "pid 4242, port 50123",
-        "1.2 GiB",
+        "planned     1.3 GiB  (the peak of the last load)",
+        "estimate    1.1 GiB",
+        "  weights   819 MiB",
+        "  KV cache  96.0 MiB  (8,192 tokens of context)",
+        "  overhead  250 MiB",
+        "learned     1.3 GiB",
+        "measured    1.2 GiB",
         "idle left",
         "6m55s",
         "42 total, 0 in flight, 0 waiting",
@@ -323,6 +539,44 @@ def test_show_panel_of_a_failed_model() -> None:
     text = render(views.show_panel(data, now=NOW))
     assert "failed" in text and "the worker exited with code 1" in text
     assert "idle left" not in text
+    # No estimate could be made and it never loaded: nothing to plan with.
+    for expected in ("planned   unknown", "estimate  none", "learned   never loaded"):
+        assert expected in text, expected
+    assert "weights" not in text and "pinned" not in text
+
+
+def _memory_rows(data: dict[str, Any]) -> list[str]:
+    """The lines of the ``memory`` section of ``models show``, stripped of the panel."""
+    text = render(views.show_panel(data, now=NOW))
+    lines = [line.removeprefix("│ ").rstrip("│ ") for line in text.splitlines()]
+    rows = lines[lines.index("memory") + 1 :]
+    return rows[: [not row or row.startswith("╰") for row in rows].index(True)]
+
+
+def test_show_panel_memory_of_models_never_loaded() -> None:
+    llama, minilm = sample_stats()["models"][1:3]
+    assert _memory_rows({**llama, "config": {}}) == [
+        "planned     4.7 GiB  (the estimate)",
+        "estimate    4.7 GiB",
+        "  weights   4.2 GiB",
+        "  KV cache  256 MiB  (8,192 tokens of context)",
+        "  overhead  250 MiB",
+        "learned     never loaded",
+        "measured    not loaded",
+    ]
+    rows = _memory_rows({**minilm, "status": "unloaded", "pid": None, "config": {}})
+    assert rows[2] == "  weights   unknown (files not on disk)"
+    assert rows[3] == "  KV cache  0 B", "no context: the model's config is not on disk either"
+
+
+def test_show_panel_of_a_pinned_model_measured_above_its_estimate() -> None:
+    pinned = sample_stats()["models"][4]
+    pinned["memory"] |= {"peak_bytes": int(3.4 * GIB), "planned_bytes": int(3.4 * GIB)}
+    text = render(views.show_panel({**pinned, "config": {}}, now=NOW))
+    assert f"pinned      {views.PIN} never unloaded to make room for another model" in text
+    rows = _memory_rows({**pinned, "config": {}})
+    assert rows[0] == "planned     3.4 GiB  (the peak of this load)"
+    assert rows[-1] == "measured    3.0 GiB  (peak 3.4 GiB)"
 
 
 def event(kind: str, model: str | None = "qwen", **data: Any) -> dict[str, Any]:
@@ -376,6 +630,76 @@ def event(kind: str, model: str | None = "qwen", **data: Any) -> dict[str, Any]:
             "22:13:20 config.reload  status=ok changed=a,b",
         ),
         (event("supervisor.stopped", None), "22:13:20 supervisor.stopped"),
+        (
+            {**EVICTION, "ts": NOW, "model": "qwen", "for_model": "llama"},
+            "22:13:20 model.evicted  qwen for llama: memory, needed 1.3 GiB, free 512 MiB, "
+            "frees 4.6 GiB",
+        ),
+        (
+            event(
+                "model.evicted",
+                victim_bytes=GIB,
+                budget_bytes=None,
+                max_loaded=1,
+                reason="count",
+                for_model="llama",
+                needed_bytes=2 * GIB,
+                used_bytes=GIB,
+                free_bytes=None,
+                resident=1,
+            ),
+            "22:13:20 model.evicted  qwen for llama: count, max 1 loaded, frees 1.0 GiB",
+        ),
+        (
+            event(
+                "model.evicted",
+                victim_bytes=GIB,
+                budget_bytes=8 * GIB,
+                max_loaded=None,
+                reason="over_budget",
+                used_bytes=9 * GIB,
+            ),
+            "22:13:20 model.evicted  qwen over budget, 9.0 GiB planned of 8.0 GiB, frees 1.0 GiB",
+        ),
+        (
+            event(
+                "model.refused",
+                reason="its planned footprint (30.00 GiB) exceeds the whole memory budget",
+                needed_bytes=30 * GIB,
+                budget_bytes=24 * GIB,
+            ),
+            "22:13:20 model.refused  qwen needs 30.0 GiB of a 24.0 GiB budget: its planned "
+            "footprint (30.00 GiB) exceeds the whole memory budget",
+        ),
+        (
+            event(
+                "model.refused",
+                reason="the pinned models (a) hold all 1 model slots",
+                needed_bytes=GIB,
+                budget_bytes=None,
+            ),
+            "22:13:20 model.refused  qwen needs 1.0 GiB: the pinned models (a) hold all 1 "
+            "model slots",
+        ),
+        (
+            event(
+                "model.footprint",
+                measured_bytes=int(1.3 * GIB),
+                estimate_bytes=int(1.1 * GIB),
+                planned_bytes=int(1.3 * GIB),
+            ),
+            "22:13:20 model.footprint qwen measured 1.3 GiB, estimated 1.1 GiB (+18%), "
+            "planned 1.3 GiB",
+        ),
+        (
+            event(
+                "model.footprint",
+                measured_bytes=GIB,
+                estimate_bytes=None,
+                planned_bytes=GIB,
+            ),
+            "22:13:20 model.footprint qwen measured 1.0 GiB, planned 1.0 GiB",
+        ),
     ],
 )
 def test_event_line(evt: dict[str, Any], expected: str) -> None:
@@ -389,6 +713,16 @@ def test_event_line_colors_the_kind() -> None:
     assert styles["worker.crashed"] == "bold red"
     request = views.event_line(event("request", status=500, endpoint="/x"), tz=UTC)
     assert any(str(span.style) == "red" for span in request.spans)
+    for kind, style in (("model.evicted", "yellow"), ("model.refused", "bold red")):
+        line = views.event_line(event(kind, reason="memory"), tz=UTC)
+        assert any(str(span.style) == style for span in line.spans), kind
+    way_off = views.event_line(
+        event("model.footprint", measured_bytes=2 * GIB, estimate_bytes=GIB), tz=UTC
+    )
+    assert any(
+        str(s.style) == "yellow" and "+100%" in way_off.plain[s.start : s.end]
+        for s in way_off.spans
+    )
 
 
 def test_reload_summary() -> None:
@@ -492,7 +826,10 @@ def test_worker_log_path_matches_the_supervisor(name: str) -> None:
 
 
 async def test_sample_json_has_the_keys_the_server_sends(tmp_path: Path) -> None:
-    """Build the real ``/api/stats`` answer (fake workers, no processes) and compare keys."""
+    """Build the real ``/api/stats`` answer (fake workers, no processes) and compare keys.
+
+    The server has a budget for one of its two models, and both were used: the answer has a
+    loaded model with measured memory and a last eviction, like the sample."""
     from aiohttp import web
     from aiohttp.test_utils import make_mocked_request
 
@@ -505,15 +842,25 @@ async def test_sample_json_has_the_keys_the_server_sends(tmp_path: Path) -> None
 
     launcher = FakeLauncher()
     supervisor = Supervisor(
-        parse_config_text("models:\n  qwen: {path: org/qwen}\n"),
+        parse_config_text(
+            "server: {memory_budget: 500MiB}\n"
+            "models:\n  qwen: {path: org/qwen, pin: true}\n  llama: {path: org/llama}\n"
+        ),
         data_dir=tmp_path,
         launcher=launcher,
         drivers={ModelType.TEXT: InstantDriver(launcher)},
+        measure=lambda _pid, _mlx: 300 * MIB,
     )
-    app = web.Application()
-    app[SUPERVISOR] = supervisor
-    app[STATS] = RequestStats()
-    response = await management.stats(make_mocked_request("GET", "/api/stats", app=app))
+    await supervisor.start()
+    try:
+        await supervisor.load("llama")
+        await supervisor.load("qwen")  # 250 MiB planned does not fit beside llama's 300
+        app = web.Application()
+        app[SUPERVISOR] = supervisor
+        app[STATS] = RequestStats()
+        response = await management.stats(make_mocked_request("GET", "/api/stats", app=app))
+    finally:
+        await supervisor.shutdown()
     assert isinstance(response, web.Response) and response.text is not None
     real = json.loads(response.text)
     sample = sample_stats()
@@ -523,3 +870,17 @@ async def test_sample_json_has_the_keys_the_server_sends(tmp_path: Path) -> None
     assert set(sample["models"][0]) == set(real["models"][0])
     assert set(sample["models"][0]["metrics"]) == set(real["models"][0]["metrics"])
     assert real["models"][0]["status"] in views.STATUS_STYLES
+    qwen = real["models"][0]
+    assert qwen["status"] == "loaded" and qwen["pinned"] is True
+    assert set(sample["models"][0]["memory"]) == set(qwen["memory"])
+    assert qwen["memory"]["measured_bytes"] == 300 * MIB
+    eviction = real["memory"]["last_eviction"]
+    assert (eviction["model"], eviction["reason"], eviction["for_model"]) == (
+        "llama",
+        "memory",
+        "qwen",
+    )
+    assert set(EVICTION) == set(eviction)
+    assert real["memory"]["budget_source"] == "configured"
+    # The sample's figures render the real answer too.
+    assert_fits(render(views.status_view(real)))

@@ -23,11 +23,16 @@ from rich.table import Table
 from rich.text import Text
 
 __all__ = [
+    "PIN",
     "STATUS_STYLES",
     "event_line",
+    "eviction_line",
     "human_bytes",
     "human_duration",
+    "measured_bytes",
+    "memory_line",
     "models_table",
+    "planned_text",
     "relative_time",
     "reload_summary",
     "show_panel",
@@ -52,6 +57,9 @@ _KIND_STYLES: dict[str, str] = {
     "model.unloaded": "yellow",
     "model.deleted": "yellow",
     "model.pull": "blue",
+    "model.evicted": "yellow",
+    "model.refused": "bold red",
+    "model.footprint": "cyan",
     "swap": "magenta",
     "worker.state": "cyan",
     "worker.drain": "cyan",
@@ -67,6 +75,9 @@ _KIND_STYLES: dict[str, str] = {
 
 #: Shown for a value that does not apply (a memory figure of an unloaded model).
 NONE = "—"
+
+#: After the name of a pinned model (``pin: true``: never unloaded to make room for another).
+PIN = "📌"
 
 # Short names so the status table fits 80 columns; the config accepts "embed" as well.
 _TYPE_SHORT = {"embedding": "embed"}
@@ -175,11 +186,42 @@ def status_header(stats: Mapping[str, Any]) -> Text:
     return text
 
 
+def memory_line(memory: Mapping[str, Any]) -> Text:
+    """How models are scheduled: ``budget 24.0 GiB · planned 9.4 GiB · free 14.6 GiB ·
+    configured``, or ``no memory budget · one model at a time`` (``/api/stats`` ``memory``).
+
+    The budget's source comes last, as the part that may be cut: ``auto: MLX's recommended
+    working set 21.3 GiB minus 1.0 GiB`` would push the figures off an 80-column line.
+    """
+    text = Text(no_wrap=True, overflow="ellipsis")
+    budget = memory.get("budget_bytes")
+    cap = memory.get("max_loaded_models")
+    count = "one model at a time" if cap == 1 else f"max {cap} loaded" if cap else ""
+    if not isinstance(budget, int | float):
+        text.append("no memory budget", style="bold")
+        text.append(f" · {count or 'no model limit'}")
+        return text
+    text.append(f"budget {human_bytes(budget)}", style="bold")
+    text.append(f" · planned {human_bytes(memory.get('planned_bytes') or 0)}")
+    free = memory.get("free_bytes")
+    if isinstance(free, int | float):
+        if free < 0:
+            text.append(f" · over by {human_bytes(-free)}", style="bold red")
+        else:
+            low = budget > 0 and free < budget * 0.1
+            text.append(f" · free {human_bytes(free)}", style="yellow" if low else "")
+    if count:
+        text.append(f" · {count}")
+    if memory.get("budget_source"):
+        text.append(f" · {memory['budget_source']}", style="dim")
+    return text
+
+
 def status_table(stats: Mapping[str, Any], now: float | None = None) -> Table:
     """One row per configured model: what is loaded, how much memory it holds, when it was
     used and when it will be unloaded, and its request latency and speed."""
     now = time.time() if now is None else now
-    # 80 columns hold the eight short columns only with a one-space gap (the box's divider,
+    # 80 columns hold the nine short columns only with a one-space gap (the box's divider,
     # no padding) and with the wordy headers on two lines; the model column gets the rest.
     table = Table(
         box=box.SIMPLE_HEAD,
@@ -194,6 +236,7 @@ def status_table(stats: Mapping[str, Any], now: float | None = None) -> Table:
     table.add_column("type", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("memory", justify="right", no_wrap=True)
+    table.add_column("planned", justify="right", no_wrap=True)
     table.add_column("last\nused", justify="right", no_wrap=True)
     table.add_column("idle\nleft", justify="right", no_wrap=True)
     table.add_column("reqs", justify="right", no_wrap=True)
@@ -208,10 +251,11 @@ def status_table(stats: Mapping[str, Any], now: float | None = None) -> Table:
             requests.append(f"+{model['waiting']}q", style="yellow")
         kind = str(model.get("type", "?"))
         table.add_row(
-            str(model.get("name", "?")),
+            ModelName(str(model.get("name", "?")), pinned=bool(model.get("pinned"))),
             _TYPE_SHORT.get(kind, kind),
             _status_text(model),
-            human_bytes(model.get("rss_bytes")),
+            human_bytes(measured_bytes(model)),
+            planned_text(model),
             relative_time(model.get("last_used"), now),
             idle_left(model),
             requests,
@@ -221,10 +265,136 @@ def status_table(stats: Mapping[str, Any], now: float | None = None) -> Table:
     return table
 
 
+def measured_bytes(model: Mapping[str, Any]) -> int | None:
+    """What a loaded model holds: the supervisor's latest measurement (which counts MLX's
+    buffers where RSS misses them), else the process tree's RSS; None when not loaded."""
+    measured = (model.get("memory") or {}).get("measured_bytes")
+    return measured if isinstance(measured, int) else model.get("rss_bytes")
+
+
+def planned_text(model: Mapping[str, Any]) -> Text:
+    """What the scheduler counts for a model (``memory.planned_bytes``): plain once a load
+    has been measured, ``~4.6 GiB`` while it is only an estimate, and ``≥250 MiB`` when the
+    estimate lacks the weights (files not downloaded yet: only the worker is counted)."""
+    memory = model.get("memory") or {}
+    planned = memory.get("planned_bytes")
+    if not planned:
+        return Text("?", style="dim")
+    if memory.get("learned_bytes") is not None or memory.get("peak_bytes") is not None:
+        return Text(human_bytes(planned))
+    if "estimate_bytes" in memory and memory.get("weights_bytes") is None:
+        return Text(f"≥{human_bytes(planned)}", style="dim")
+    return Text(f"~{human_bytes(planned)}")
+
+
+class ModelName:
+    """A model's name, with :data:`PIN` after it for a pinned model; a name too long for its
+    column is cut with an ellipsis, the marker is kept."""
+
+    def __init__(self, name: str, *, pinned: bool = False) -> None:
+        self.name = name
+        self.suffix = f" {PIN}" if pinned else ""
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        width = cell_len(self.name) + cell_len(self.suffix)
+        return Measurement(min(width, 8), width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        room = max(options.max_width - cell_len(self.suffix), 1)
+        text = Text(self.name, no_wrap=True, overflow="ellipsis")
+        text.truncate(room, overflow="ellipsis")
+        text.append(self.suffix)
+        yield text
+
+
+class EvictionLine:
+    """``evicted qwen for llama 3m ago: memory, needed 4.1 GiB, free 2.0 GiB``, on one line:
+    when it does not fit, the model names are cut first, since the numbers are the news."""
+
+    def __init__(self, event: Mapping[str, Any], now: float) -> None:
+        self.victim = str(event.get("model") or "?")
+        self.for_model = str(event.get("for_model") or "")
+        ts = event.get("ts")
+        ago = relative_time(ts, now) if isinstance(ts, int | float) else ""
+        self.ago = "just now" if ago == "now" else ago
+        self.reason = _eviction_reason(event)
+
+    def text(self, width: int | None = None) -> Text:
+        victim, for_model = self.victim, self.for_model
+        if width is not None:
+            fixed = cell_len(self.plain("", ""))
+            room = max(width - fixed, 16)
+            if cell_len(victim) + cell_len(for_model) > room:
+                # The shorter name keeps what it needs (up to half); the longer one the rest.
+                short = min(cell_len(victim), cell_len(for_model), room // 2)
+                long_room = room - short
+                if cell_len(victim) >= cell_len(for_model):
+                    victim, for_model = _cut(victim, long_room), _cut(for_model, short)
+                else:
+                    victim, for_model = _cut(victim, short), _cut(for_model, long_room)
+        text = Text("evicted ", style="yellow")
+        text.append(victim, style="bold")
+        if for_model:
+            text.append(f" for {for_model}")
+        if self.ago:
+            text.append(f" {self.ago}", style="dim")
+        text.append(f": {self.reason}")
+        text.no_wrap, text.overflow = True, "ellipsis"
+        return text
+
+    def plain(self, victim: str, for_model: str) -> str:
+        names = victim + (f" for {for_model}" if self.for_model else "")
+        return f"evicted {names}{f' {self.ago}' if self.ago else ''}: {self.reason}"
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        width = cell_len(self.plain(self.victim, self.for_model))
+        return Measurement(min(width, 40), width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.text(options.max_width)
+
+
+def _cut(text: str, width: int) -> str:
+    return text if cell_len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def eviction_line(event: Mapping[str, Any], now: float | None = None) -> EvictionLine:
+    """The last ``model.evicted`` event (``/api/stats`` ``memory.last_eviction``) for
+    ``status``: who made room for whom, when, and the numbers that decided it."""
+    return EvictionLine(event, time.time() if now is None else now)
+
+
+def _eviction_reason(data: Mapping[str, Any]) -> str:
+    """Why a model was evicted, with the numbers that made it so."""
+    reason = str(data.get("reason") or "?")
+    if reason == "memory":
+        return (
+            f"memory, needed {human_bytes(data.get('needed_bytes'))}, "
+            f"free {human_bytes(data.get('free_bytes'))}"
+        )
+    if reason == "count" and data.get("max_loaded"):
+        return f"count, max {data['max_loaded']} loaded"
+    if reason == "over_budget":
+        return (
+            f"over budget, {human_bytes(data.get('used_bytes'))} planned "
+            f"of {human_bytes(data.get('budget_bytes'))}"
+        )
+    return reason
+
+
 def status_view(stats: Mapping[str, Any], now: float | None = None) -> Group:
-    """What ``mlx-serve status`` prints: the header, the table, and the reason of each failed
-    model (the table has no room for it, and it is what the user needs next)."""
-    parts: list[RenderableType] = [status_header(stats), Text(), status_table(stats, now)]
+    """What ``mlx-serve status`` prints: the header, the table, the last eviction (why a
+    model is not loaded any more) and the reason of each failed model (the table has no room
+    for it, and it is what the user needs next)."""
+    memory = stats.get("memory") or {}
+    parts: list[RenderableType] = [status_header(stats)]
+    if "budget_bytes" in memory:  # not from a server older than the memory budget
+        # Third, not second: scripts (and the integration tests) read the config on line 2.
+        parts.append(memory_line(memory))
+    parts += [Text(), status_table(stats, now)]
+    eviction = memory.get("last_eviction")
+    if isinstance(eviction, Mapping):
+        parts.append(eviction_line(eviction, now))
     for model in stats.get("models", []):
         if model.get("status") == "failed" and model.get("error"):
             first = str(model["error"]).strip().splitlines()[0]
@@ -312,8 +482,8 @@ def show_panel(data: Mapping[str, Any], now: float | None = None) -> Panel:
         rows.add_row("aliases", ", ".join(data["aliases"]))
     if data.get("pid"):
         rows.add_row("process", f"pid {data['pid']}, port {data.get('port')}")
-    if data.get("rss_bytes") is not None:
-        rows.add_row("memory", human_bytes(data["rss_bytes"]))
+    if data.get("pinned"):
+        rows.add_row("pinned", f"{PIN} never unloaded to make room for another model")
     if data.get("loaded_at"):
         rows.add_row("loaded", relative_time(data["loaded_at"], now, parts=2))
     rows.add_row("last used", relative_time(data.get("last_used"), now, parts=2))
@@ -328,6 +498,9 @@ def show_panel(data: Mapping[str, Any], now: float | None = None) -> Panel:
         f"{data.get('waiting', 0)} waiting",
     )
     parts: list[RenderableType] = [rows]
+    memory = data.get("memory")
+    if isinstance(memory, Mapping):
+        parts += [Text(), Text("memory", style="bold underline"), _memory_rows(data, memory)]
 
     metrics = data.get("metrics") or {}
     if metrics.get("count"):
@@ -348,6 +521,52 @@ def show_panel(data: Mapping[str, Any], now: float | None = None) -> Panel:
         title_align="left",
         box=box.ROUNDED,
     )
+
+
+def _memory_rows(model: Mapping[str, Any], memory: Mapping[str, Any]) -> Table:
+    """``models show``: what the scheduler plans with and where the figure comes from."""
+    rows = _kv_table()
+    planned = memory.get("planned_bytes")
+    learned, peak = memory.get("learned_bytes"), memory.get("peak_bytes")
+    estimate = memory.get("estimate_bytes")
+    source = ""
+    if planned:
+        if planned == peak:
+            source = "the peak of this load"
+        elif planned == learned:
+            source = "the peak of the last load"
+        elif planned == estimate:
+            source = "the estimate"
+    if planned:
+        rows.add_row("planned", human_bytes(planned) + (f"  ({source})" if source else ""))
+    else:
+        rows.add_row("planned", Text("unknown", style="dim"))
+    if "estimate_bytes" in memory:
+        rows.add_row("estimate", human_bytes(estimate))
+        weights = memory.get("weights_bytes")
+        rows.add_row(
+            "  weights",
+            Text("unknown (files not on disk)", style="yellow")
+            if weights is None
+            else human_bytes(weights),
+        )
+        kv_cache = human_bytes(memory.get("kv_cache_bytes"))
+        tokens = memory.get("context_tokens")
+        if isinstance(tokens, int):
+            kv_cache += f"  ({tokens:,} tokens of context)"
+        rows.add_row("  KV cache", kv_cache)
+        rows.add_row("  overhead", human_bytes(memory.get("overhead_bytes")))
+    else:
+        rows.add_row("estimate", Text("none (could not be made)", style="dim"))
+    rows.add_row("learned", human_bytes(learned) if learned is not None else "never loaded")
+    measured = measured_bytes(model)
+    if measured is not None:
+        shown, peak_shown = human_bytes(measured), human_bytes(peak)
+        more = f"  (peak {peak_shown})" if peak and peak_shown != shown else ""
+        rows.add_row("measured", shown + more)
+    else:
+        rows.add_row("measured", Text("not loaded", style="dim"))
+    return rows
 
 
 def _metrics_table(metrics: Mapping[str, Any]) -> Table:
@@ -412,6 +631,37 @@ def _event_details(kind: str, data: dict[str, Any]) -> Text:
         out.append(f"→ {data.pop('to', '?')}")
     elif kind in ("model.loaded", "model.unloaded") and "duration_s" in data:
         out.append(f"in {_seconds(data.pop('duration_s'))}")
+    elif kind == "model.evicted":
+        for_model = data.pop("for_model", None)
+        if for_model:
+            out.append(f"for {for_model}: ")
+        out.append(_eviction_reason(data))
+        victim = data.pop("victim_bytes", None)
+        if victim:
+            out.append(f", frees {human_bytes(victim)}")
+        # The reason shows the figures that decided it; the others are context for the API.
+        for key in ("reason", "needed_bytes", "free_bytes", "used_bytes", "budget_bytes"):
+            data.pop(key, None)
+        data.pop("max_loaded", None)
+        data.pop("resident", None)
+    elif kind == "model.refused":
+        needed, budget = data.pop("needed_bytes", None), data.pop("budget_bytes", None)
+        out.append(f"needs {human_bytes(needed)}", style="red")
+        if isinstance(budget, int | float):
+            out.append(f" of a {human_bytes(budget)} budget")
+        if data.get("reason"):
+            out.append(f": {data.pop('reason')}")
+    elif kind == "model.footprint":
+        measured = data.pop("measured_bytes", None)
+        estimate = data.pop("estimate_bytes", None)
+        out.append(f"measured {human_bytes(measured)}")
+        if isinstance(estimate, int | float):
+            out.append(f", estimated {human_bytes(estimate)}")
+            if estimate > 0 and isinstance(measured, int | float):
+                off = (measured - estimate) / estimate
+                out.append(f" ({off:+.0%})", style="yellow" if abs(off) > 0.25 else "")
+        if "planned_bytes" in data:
+            out.append(f", planned {human_bytes(data.pop('planned_bytes'))}")
     elif kind == "request":
         status = data.pop("status", None)
         ok = isinstance(status, int) and status < 400

@@ -39,7 +39,7 @@ class Budget:
     """A budget in bytes, and where the figure came from (for status and the README's "why")."""
 
     bytes: int
-    source: str  # e.g. "24.0 GiB (configured)", "75% of 31.3 GiB physical"
+    source: str  # "configured", "75% of 31.3 GiB physical", "auto: ..."
 
     def __str__(self) -> str:
         return f"{format_bytes(self.bytes)} ({self.source})"
