@@ -32,7 +32,7 @@ log = logging.getLogger("mlx_serve")
 #: Events worth a line in the server's own log.
 _LOGGED = {
     "model.loaded", "model.unloaded", "swap", "worker.crashed", "worker.kill", "config.reload",
-    "memory.low",
+    "memory.low", "model.evicted", "model.refused",
 }  # fmt: skip
 
 
