@@ -120,9 +120,14 @@ def sample_stats() -> dict[str, Any]:
             "measured_bytes": int(4.2 * GIB),
             "free_bytes": 12 * GIB - planned,
             "last_eviction": EVICTION,
+            "spares_bytes": 90_000_000,
         },
         "queue": {"waiting": 0},
         "models": models,
+        "spares": [
+            {"kind": "text", "pid": 4242, "port": 50123, "status": "spare",
+             "rss_bytes": 90_000_000, "started_at": NOW - 60.0},
+        ],  # fmt: skip
         "events": [],
     }
 
@@ -843,7 +848,7 @@ async def test_sample_json_has_the_keys_the_server_sends(tmp_path: Path) -> None
     launcher = FakeLauncher()
     supervisor = Supervisor(
         parse_config_text(
-            "server: {memory_budget: 500MiB}\n"
+            "server: {memory_budget: 400MiB}\n"
             "models:\n  qwen: {path: org/qwen, pin: true}\n  llama: {path: org/llama}\n"
         ),
         data_dir=tmp_path,
@@ -854,7 +859,7 @@ async def test_sample_json_has_the_keys_the_server_sends(tmp_path: Path) -> None
     await supervisor.start()
     try:
         await supervisor.load("llama")
-        await supervisor.load("qwen")  # 250 MiB planned does not fit beside llama's 300
+        await supervisor.load("qwen")  # 128 MiB planned does not fit beside llama's 300
         app = web.Application()
         app[SUPERVISOR] = supervisor
         app[STATS] = RequestStats()

@@ -155,6 +155,27 @@ def _args_before(value: object) -> object:
     )
 
 
+def _prewarm_before(value: object) -> object:
+    # "prewarm: text" is an obvious intent; type synonyms work here as in "type:".
+    if value is None:
+        return False
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        kinds = [_normalize_type(item) for item in value]
+        known = {t.value for t in ModelType}
+        for item in kinds:
+            if item not in known:
+                raise ValueError(
+                    f"unknown model type {item!r} in prewarm; use true, false or a list of "
+                    + ", ".join(sorted(known))
+                )
+        return kinds
+    if not isinstance(value, bool):
+        raise ValueError("prewarm must be true, false or a list of model types")
+    return value
+
+
 def _base_dir(info: ValidationInfo) -> Path:
     context = info.context
     if isinstance(context, dict):
@@ -205,10 +226,21 @@ class ServerConfig(BaseModel):
     """Let vision requests name http(s) image URLs, which the worker then fetches."""
     watch_config: bool = True
     """Reload this file when it changes (SIGHUP and ``mlx-serve reload`` work either way)."""
+    prewarm: Annotated[bool | list[ModelType], BeforeValidator(_prewarm_before)] = False
+    """Keep one spare worker process per kind with its imports done, so a swap skips them:
+    ``true`` for every kind the configured models use, or a list of types."""
     memory_guard: bool = True
     """Refuse to load a model whose weights on disk exceed the memory available."""
     memory_warning: Annotated[float, Field(ge=0, le=1)] = 0.1
     """Emit a ``memory.low`` event when available memory falls below this share of total."""
+
+    def prewarm_kinds(self, used: set[ModelType]) -> set[ModelType]:
+        """The model types to keep a spare of, given the types the configured models use."""
+        if self.prewarm is True:
+            return set(used)
+        if self.prewarm is False:
+            return set()
+        return set(self.prewarm)
 
     @property
     def loaded_cap(self) -> int | None:

@@ -308,6 +308,7 @@ async def stats(request: web.Request) -> web.Response:
             },
             "queue": {"waiting": supervisor.scheduler.waiting()},
             "models": models,
+            "spares": supervisor.spares.to_json(),
             "events": [e.to_json() for e in supervisor.events.recent()[-50:]],
         }
     )

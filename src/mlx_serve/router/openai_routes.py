@@ -283,7 +283,10 @@ def model_entry(supervisor: Supervisor, name: str) -> dict[str, Any]:
 async def list_models(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
     data = [model_entry(supervisor, name) for name in supervisor.workers]
-    return web.json_response({"object": "list", "data": data})
+    # Spare processes hold no model: never entries of "data", but visible next to it.
+    return web.json_response(
+        {"object": "list", "data": data, "spares": supervisor.spares.to_json()}
+    )
 
 
 async def get_model(request: web.Request) -> web.Response:

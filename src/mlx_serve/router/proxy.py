@@ -254,20 +254,29 @@ async def _relay_stream(
     )
     await resp.prepare(request)
     trace.status = 200
+    # The hot path: one read and one write per token. Events are forwarded as soon as they
+    # are whole (the rename must not straddle a read boundary); token counting and the
+    # [DONE] check are byte searches, never a JSON parse (only a chunk carrying "usage" is
+    # parsed, once per stream).
     buffer = b""
     done = False
+    read = upstream.content.readany
     try:
-        async for chunk in upstream.content.iter_any():
-            buffer += chunk
-            cut = buffer.rfind(b"\n\n")
-            if cut < 0:
-                continue
-            events, buffer = buffer[: cut + 2], buffer[cut + 2 :]
+        while chunk := await read():
+            if buffer:
+                chunk = buffer + chunk
+                buffer = b""
+            if not chunk.endswith(b"\n\n"):
+                cut = chunk.rfind(b"\n\n")
+                if cut < 0:
+                    buffer = chunk
+                    continue
+                chunk, buffer = chunk[: cut + 2], chunk[cut + 2 :]
             if trace.ttft_s is None:
                 trace.ttft_s = time.perf_counter() - trace.started
-            done = done or _ends_stream(events)
-            _count_stream_tokens(events, trace)
-            await _to_client(resp, rename(events))
+            done = done or _ends_stream(chunk)
+            _count_stream_tokens(chunk, trace)
+            await _to_client(resp, rename(chunk))
         if buffer:
             await _to_client(resp, rename(buffer))
             done = done or _ends_stream(buffer)
@@ -307,16 +316,17 @@ async def _to_client(resp: web.StreamResponse, data: bytes) -> None:
 
 
 def _ends_stream(events: bytes) -> bool:
-    """The ``data: [DONE]`` sentinel line, not any text that happens to contain [DONE]."""
-    return any(line.strip() == b"data: [DONE]" for line in events.split(b"\n"))
+    """The ``data: [DONE]`` sentinel line, not any text that happens to contain [DONE] (a
+    JSON string cannot hold a raw newline, so a line that starts so is the sentinel)."""
+    return events.startswith(b"data: [DONE]") or b"\ndata: [DONE]" in events
 
 
 def _count_stream_tokens(events: bytes, trace: Trace) -> None:
     """Count streamed chunks (about one token each); a usage block, when sent, wins."""
-    for line in events.split(b"\n"):
-        if line.startswith(b"data: {"):
-            trace.chunks += 1
-            if b'"usage"' in line:
+    trace.chunks += events.startswith(b"data: {") + events.count(b"\ndata: {")
+    if b'"usage"' in events:
+        for line in events.split(b"\n"):
+            if line.startswith(b"data: {") and b'"usage"' in line:
                 _read_usage(line[6:], trace)
 
 

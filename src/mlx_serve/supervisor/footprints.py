@@ -120,12 +120,16 @@ class FootprintTracker:
         if changed:
             self._on_change()
 
-    async def run(self, interval: float = SAMPLE_INTERVAL) -> None:
-        """Measure loaded workers and re-estimate unloaded ones, every ``interval`` seconds."""
+    async def run(
+        self, interval: float = SAMPLE_INTERVAL, also: Callable[[], None] = lambda: None
+    ) -> None:
+        """Measure loaded workers and re-estimate unloaded ones, every ``interval`` seconds
+        (and call ``also``: the supervisor measures its spares then)."""
         while True:
             await asyncio.sleep(interval)
             try:
                 self.sample_loaded()
+                also()
                 await self.refresh_unloaded()
             except Exception:
                 log.exception("measuring model footprints failed")

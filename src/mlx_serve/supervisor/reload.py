@@ -109,6 +109,8 @@ async def apply_config(supervisor: Supervisor, new: Config) -> ConfigDiff:
     for worker in supervisor.workers.values():
         worker.reset_slots()  # a new max_concurrency for every model not loaded right now
     supervisor.set_budget(budget)
+    supervisor.spares.stop_timeout = min(live_server.stop_timeout, 5.0)
+    supervisor.configure_spares()
     for name in diff.removed:
         stops.append(asyncio.create_task(supervisor.remove_worker(name)))
     if stops:

@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING
 
 from mlx_serve.observability.memory import load_refusal, system_memory
 from mlx_serve.residency import Budget, FootprintLedger, resolve_budget
+from mlx_serve.residency.estimate import DEFAULT_OVERHEAD
 from mlx_serve.supervisor.clock import Clock, MonotonicClock
 from mlx_serve.supervisor.events import EventBus
 from mlx_serve.supervisor.footprints import SAMPLE_INTERVAL, FootprintTracker
 from mlx_serve.supervisor.footprints import measure as measure_footprint
 from mlx_serve.supervisor.policy import Limits
 from mlx_serve.supervisor.scheduler import Scheduler
-from mlx_serve.supervisor.states import RESIDENT
+from mlx_serve.supervisor.spares import SparePool
+from mlx_serve.supervisor.states import RESIDENT, WorkerState
 from mlx_serve.supervisor.worker import ManagedWorker, WorkerStartError
 from mlx_serve.workers.process import Launcher, SubprocessLauncher
 from mlx_serve.workers.registry import default_drivers
@@ -47,13 +49,14 @@ class Lease:
         return self.worker.upstream_model
 
 
-def limits_for(server: ServerConfig, budget: Budget | None) -> Limits:
-    """The scheduler's limits for these server settings."""
+def limits_for(server: ServerConfig, budget: Budget | None, reserved_bytes: int = 0) -> Limits:
+    """The scheduler's limits for these server settings; ``reserved_bytes`` (spare workers)
+    come off the budget."""
     return Limits(
         max_loaded=server.loaded_cap,
         fair_wait=server.fair_wait,
         fair_requests=server.fair_requests,
-        budget_bytes=budget.bytes if budget is not None else None,
+        budget_bytes=max(0, budget.bytes - reserved_bytes) if budget is not None else None,
     )
 
 
@@ -91,6 +94,17 @@ class Supervisor:
             sample=measure,
         )
         self._sample_interval = sample_interval
+        self.spares = SparePool(
+            self._drivers,
+            launcher=self._launcher,
+            clock=self.clock,
+            events=self.events,
+            log_dir=data_dir / "logs",
+            may_start=self._spare_may_start,
+            on_change=self._on_spares_change,
+            stop_timeout=min(config.server.stop_timeout, 5.0),
+        )
+        self._spare_task: asyncio.Task[None] | None = None
         for name, model in config.models.items():
             self.add_worker(name, model)
         server = config.server
@@ -117,6 +131,7 @@ class Supervisor:
             log_dir=self.data_dir / "logs",
             on_change=self._on_worker_change,
             preflight=self._memory_preflight,
+            spares=self.spares,
         )
         self.workers[name] = worker
         self.footprints.plan(worker)
@@ -130,8 +145,28 @@ class Supervisor:
     def set_budget(self, budget: Budget | None) -> None:
         """Plan with a new budget (a reload changed it); decisions follow at once."""
         self.budget = budget
-        self.scheduler.limits = limits_for(self.config.server, budget)
+        self.refresh_limits()
+
+    def refresh_limits(self) -> None:
+        """Recompute the scheduler's limits (settings, budget, spares) and let it act."""
+        reserved = self.spares.reserved_bytes(DEFAULT_OVERHEAD)
+        self.scheduler.limits = limits_for(self.config.server, self.budget, reserved)
         self.scheduler.wake()
+
+    def configure_spares(self) -> None:
+        """Keep spares of the kinds ``server.prewarm`` asks for (models.yaml may have changed)."""
+        used = {w.model.type for w in self.workers.values()}
+        self.spares.configure(self.config.server.prewarm_kinds(used))
+
+    def _spare_may_start(self) -> bool:
+        """A spare's imports must not compete with a load or a stop for the CPU."""
+        return self.scheduler.current_op is None and not any(
+            w.state in (WorkerState.STARTING, WorkerState.STOPPING) for w in self.workers.values()
+        )
+
+    def _on_spares_change(self) -> None:
+        if self._loop_task is not None:
+            self.refresh_limits()
 
     async def remove_worker(self, name: str) -> None:
         """Stop managing ``name``: queued requests fail, in-flight ones finish, then it stops."""
@@ -161,9 +196,11 @@ class Supervisor:
         return load_refusal(estimate, system_memory().available_bytes)
 
     def _on_worker_change(self) -> None:
-        # A crash or a finished start changes what the scheduler may do next.
+        # A crash or a finished start changes what the scheduler may do next (and whether
+        # a spare may start now).
         if self._loop_task is not None:
             self.scheduler.wake()
+            self.spares.wake()
 
     # -------------------------------------------------------------- lifecycle
 
@@ -173,8 +210,10 @@ class Supervisor:
             self.scheduler.run(), name="scheduler"
         )
         self._sampler_task = asyncio.get_running_loop().create_task(
-            self.footprints.run(self._sample_interval), name="footprints"
+            self._sample(), name="footprints"
         )
+        self.configure_spares()
+        self._spare_task = asyncio.get_running_loop().create_task(self.spares.run(), name="spares")
         budget = self.budget
         self.events.emit(
             "supervisor.started",
@@ -190,6 +229,16 @@ class Supervisor:
                 self._preload(preload if cap is None else preload[:cap]), name="preload"
             )
 
+    async def _sample(self) -> None:
+        """Measure loaded workers and spares; re-estimate unloaded models."""
+        await self.footprints.run(self._sample_interval, also=self._sample_spares)
+
+    def _sample_spares(self) -> None:
+        before = self.spares.reserved_bytes(DEFAULT_OVERHEAD)
+        self.spares.sample()
+        if self.spares.reserved_bytes(DEFAULT_OVERHEAD) != before:
+            self.refresh_limits()
+
     async def _preload(self, names: list[str]) -> None:
         """Load in config order, one after the other: under a budget, each load's measured
         footprint is known before the next one is planned."""
@@ -200,13 +249,15 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Refuse new work, stop every worker (SIGTERM -> grace -> SIGKILL), wait for all."""
         await self.scheduler.close()
-        for task in (self._loop_task, self._sampler_task):
+        for task in (self._loop_task, self._sampler_task, self._spare_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await asyncio.gather(
-            *(w.stop("shutdown") for w in self.workers.values()), return_exceptions=True
+            self.spares.close(),
+            *(w.stop("shutdown") for w in self.workers.values()),
+            return_exceptions=True,
         )
         for worker in self.workers.values():
             await worker.close()
@@ -283,4 +334,5 @@ class Supervisor:
             "measured_bytes": measured,
             "free_bytes": budget.bytes - used if budget is not None else None,
             "last_eviction": evictions[-1].to_json() if evictions else None,
+            "spares_bytes": self.spares.reserved_bytes(DEFAULT_OVERHEAD),
         }

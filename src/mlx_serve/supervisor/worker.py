@@ -35,12 +35,16 @@ if TYPE_CHECKING:
     from mlx_serve.residency.estimate import Estimate
     from mlx_serve.supervisor.clock import Clock
     from mlx_serve.supervisor.events import EventBus
+    from mlx_serve.supervisor.spares import Spare, SparePool
 
 S = WorkerState
 
 #: Readiness poll interval while the worker's HTTP server is not up yet. A swap users feel
 #: is stop + start + first answer, so a coarse poll would add its whole interval to each swap.
 PROBE_INTERVAL = 0.02
+
+#: Longest wait for an idle worker to exit after SIGTERM before its group is SIGKILLed.
+IDLE_STOP_GRACE = 2.0
 
 
 class WorkerStartError(Exception):
@@ -75,6 +79,7 @@ class ManagedWorker:
         on_change: Callable[[], None] = lambda: None,
         preflight: Callable[[ModelConfig], str | None] = lambda _model: None,
         host: str = "127.0.0.1",
+        spares: SparePool | None = None,
     ) -> None:
         self.name = name
         self.model = model
@@ -87,6 +92,8 @@ class ManagedWorker:
         self._preflight = preflight
         self._host = host
         self.log_path = log_dir / f"{_safe_filename(name)}.log"
+        self.output_log = self.log_path  # where the current process writes (a spare's own log)
+        self._spares = spares
 
         self.state = S.STOPPED
         self.inflight = 0  # admitted requests not yet released
@@ -261,11 +268,20 @@ class ManagedWorker:
         )
 
     async def _spawn_until_ready(self, started: float) -> dict[str, Any]:
-        """Preflight, spawn, and wait for the model to answer; raise WorkerStartError."""
+        """Preflight, spawn (or adopt a spare), and wait for the model to answer; raise
+        WorkerStartError."""
         self.proc = None
         refusal = self._preflight(self.model)
         if refusal is not None:
             raise WorkerStartError(self.name, refusal, code="insufficient_memory")
+        spare = self._spares.take(self.model) if self._spares is not None else None
+        if spare is not None:
+            adopted = await self._adopt(spare)
+            if adopted:
+                details = await self._wait_ready(spare.proc, started)
+                return {**details, "spare": True, "spare_pid": spare.proc.pid}
+            self.proc = None  # the spare could not take it: start cold, as if there were none
+        self.output_log = self.log_path
         self.port = free_port(self._host)
         self._exited = asyncio.Event()
         self.exit_code = None
@@ -289,6 +305,36 @@ class ManagedWorker:
         asyncio.get_running_loop().create_task(self._watch_exit(proc), name=f"watch-{self.name}")
         return await self._wait_ready(proc, started)
 
+    async def _adopt(self, spare: Spare) -> bool:
+        """Make ``spare`` this model's process; False (and the spare killed) if it refused."""
+        assert self._spares is not None
+        driver = self._spares.driver(self.model.type)
+        self.proc, self.port, self.output_log = spare.proc, spare.port, spare.log_path
+        self._exited = asyncio.Event()
+        self.exit_code = None
+        with contextlib.suppress(OSError):
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.log_path.open("a") as log:
+                log.write(
+                    f"\n=== mlx-serve: {self.name} runs in spare pid {spare.proc.pid} "
+                    f"(its output: {spare.log_path})\n"
+                )
+        asyncio.get_running_loop().create_task(
+            self._watch_exit(spare.proc), name=f"watch-{self.name}"
+        )
+        try:
+            if driver is None or spare.proc.returncode is not None:
+                raise ProbeError("the spare is gone")
+            await driver.adopt(self._http(), self.base_url, self.model, 30.0)
+        except ProbeError as exc:
+            self._events.emit(
+                "spare.failed", spare.kind.value, reason=str(exc), failures=0, gave_up=False
+            )
+            await self._kill_group(spare.proc)
+            self.output_log = self.log_path
+            return False
+        return True
+
     async def _wait_ready(self, proc: WorkerProcess, started: float) -> dict[str, Any]:
         deadline = started + self.server.startup_timeout
         exited = asyncio.ensure_future(self._exited.wait())
@@ -300,7 +346,7 @@ class ManagedWorker:
                     raise WorkerStartError(
                         self.name,
                         f"not ready after startup_timeout={self.server.startup_timeout:g}s",
-                        read_log_tail(self.log_path),
+                        read_log_tail(self.output_log),
                     )
                 probe = asyncio.ensure_future(
                     self.driver.probe(self._http(), self.base_url, self.model, remaining)
@@ -313,7 +359,7 @@ class ManagedWorker:
                     raise WorkerStartError(
                         self.name,
                         f"the worker exited with code {proc.returncode} while loading",
-                        read_log_tail(self.log_path),
+                        read_log_tail(self.output_log),
                     )
                 if probe not in done:
                     probe.cancel()
@@ -324,7 +370,7 @@ class ManagedWorker:
                         return details
                 except ProbeError as exc:
                     raise WorkerStartError(
-                        self.name, str(exc), read_log_tail(self.log_path)
+                        self.name, str(exc), read_log_tail(self.output_log)
                     ) from exc
                 await asyncio.sleep(PROBE_INTERVAL)
         finally:
@@ -344,7 +390,7 @@ class ManagedWorker:
         self._exited.set()
         if self.state in (S.READY, S.DRAINING):
             # Died on its own: noticed now, not at the next request.
-            tail = read_log_tail(self.log_path)
+            tail = read_log_tail(self.output_log)
             proc.signal_group(SIGKILL)  # anything it forked goes with it
             self.loaded_at = None
             self.keep_alive = None
@@ -378,16 +424,22 @@ class ManagedWorker:
             )
 
     async def _kill_group(self, proc: WorkerProcess) -> None:
-        """SIGTERM the group, wait ``stop_timeout``, then SIGKILL it; wait for the exit."""
+        """SIGTERM the group, wait, then SIGKILL it; wait for the exit.
+
+        The grace is ``stop_timeout`` while requests are in flight (a forced unload), and at
+        most :data:`IDLE_STOP_GRACE` when nothing is: an idle worker has nothing to finish,
+        and the next model's load waits for this one's memory.
+        """
+        grace = self.server.stop_timeout
+        if self.inflight == 0:
+            grace = min(grace, IDLE_STOP_GRACE)
         if proc.returncode is None:
             proc.signal_group(SIGTERM)
             try:
-                async with asyncio.timeout(self.server.stop_timeout):
+                async with asyncio.timeout(grace):
                     await proc.wait()
             except TimeoutError:
-                self._events.emit(
-                    "worker.kill", self.name, pid=proc.pid, after_s=self.server.stop_timeout
-                )
+                self._events.emit("worker.kill", self.name, pid=proc.pid, after_s=grace)
         # Always: stragglers in the group (children the worker forked) must not survive it.
         proc.signal_group(SIGKILL)
         with contextlib.suppress(TimeoutError):

@@ -30,6 +30,16 @@ class LaunchContext:
     python: str  # the interpreter workers run under (the supervisor's own)
 
 
+@dataclass(frozen=True)
+class SpareContext:
+    """What a driver needs to start a spare: a worker with its imports done and no model."""
+
+    host: str
+    port: int
+    log_path: Path
+    python: str
+
+
 class ProbeError(Exception):
     """The worker answered, and the answer says the model will never be ready."""
 
@@ -54,6 +64,59 @@ class WorkerDriver(Protocol):
         measured); it may be empty. :class:`ProbeError` means the worker is up but the model
         failed and retrying will not help.
         """
+
+
+class SpareDriver(Protocol):
+    """A driver whose worker can be started without a model and given one later.
+
+    Optional: :func:`spare_support` tells whether a driver has it. A spare is started with no
+    per-model flags, so :meth:`can_adopt` must say no for a model whose worker would be
+    started differently (flags from ``args``, a KV cache setting): that one starts cold.
+    """
+
+    def spare_spec(self, ctx: SpareContext) -> LaunchSpec: ...
+
+    def can_adopt(self, model: ModelConfig) -> bool: ...
+
+    async def spare_ready(
+        self, session: aiohttp.ClientSession, base_url: str, timeout: float
+    ) -> bool:
+        """Has the spare finished its imports and does it listen?"""
+
+    async def adopt(
+        self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
+    ) -> None:
+        """Tell a ready spare which model it serves; readiness is then probed as for a cold
+        start. Raises :class:`ProbeError` if the spare refuses."""
+
+
+def spare_support(driver: object) -> SpareDriver | None:
+    """``driver`` as a :class:`SpareDriver`, or None if it cannot run spares."""
+    needed = ("spare_spec", "can_adopt", "spare_ready", "adopt")
+    if all(callable(getattr(driver, name, None)) for name in needed):
+        return driver  # type: ignore[return-value]
+    return None
+
+
+def spare_argv(ctx: SpareContext, *module: str, without: tuple[str, ...] = ()) -> list[str]:
+    """Like :func:`guarded_argv`, without ``--model``: the spare learns it later."""
+    hide = [arg for mod in without for arg in ("--without", mod)]
+    return [
+        ctx.python, "-m", "mlx_serve.workers.guard", *hide, *module,
+        "--host", ctx.host, "--port", str(ctx.port),
+    ]  # fmt: skip
+
+
+async def http_ok(session: aiohttp.ClientSession, url: str, timeout: float) -> bool:
+    """Does ``GET url`` answer 200 within ``timeout``? (False while the port is closed.)"""
+    import aiohttp  # noqa: PLC0415 - typing-only at module level
+
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=min(timeout, 5))) as r:
+            await r.read()
+            return r.status == 200
+    except (TimeoutError, aiohttp.ClientError):
+        return False
 
 
 def guarded_argv(ctx: LaunchContext, *module: str, without: tuple[str, ...] = ()) -> list[str]:

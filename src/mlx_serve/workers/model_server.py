@@ -9,6 +9,12 @@ both times are reported on ``/health`` so the supervisor puts them in the load e
 Inference is blocking and not thread-safe, so it runs on one dedicated thread: requests are
 served one at a time while the event loop stays free to answer ``/health`` and to notice
 clients that went away.
+
+Started without ``--model``, a worker is a *spare*: it does its imports, listens, answers
+``GET /spare`` with 200, and waits for ``POST /load {"model": PATH}``. Until that load has
+finished ``/health`` answers 503 (so readiness still means "the model answered"); a load that
+fails ends the process with its traceback in the log, exactly like a cold start that fails.
+That lets the supervisor keep one pre-imported process per kind and skip the imports on a swap.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import resource
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +33,7 @@ from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
-from mlx_serve.errors import error_middleware
+from mlx_serve.errors import ApiError, error_middleware
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -43,7 +50,15 @@ class ModelServer(Generic[T]):
         self.path = path
         self.args = args
         self.timings = timings
+        self.loaded = True  # False while a spare waits for (or is doing) its load
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+
+    @classmethod
+    def spare(cls, args: argparse.Namespace, timings: dict[str, float]) -> ModelServer[Any]:
+        """A server with its imports done and no model yet."""
+        server: ModelServer[Any] = cls(None, Path(), args, timings)  # type: ignore[arg-type]
+        server.loaded = False
+        return server
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
         """Run blocking ``fn(*args)`` on the inference thread."""
@@ -105,7 +120,9 @@ def serve_model(
     :class:`ModelServer` from ``request.app[MODEL_SERVER]``.
     """
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", required=True, help="model directory or HF repo id")
+    parser.add_argument(
+        "--model", default=None, help="model directory or HF repo id (none: start as a spare)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     if add_arguments is not None:
@@ -115,16 +132,23 @@ def serve_model(
     started = time.perf_counter()
     imports()
     imported = time.perf_counter()
-    model = load(Path(args.model).expanduser(), args)
-    loaded = time.perf_counter()
-    timings = {"import_s": round(imported - started, 3), "load_s": round(loaded - imported, 3)}
-    print(f"mlx-serve worker: loaded {args.model} {timings}", flush=True)
-
-    server: ModelServer[T] = ModelServer(model, Path(args.model), args, timings)
+    import_s = round(imported - started, 3)
+    if args.model is not None:
+        model = load(Path(args.model).expanduser(), args)
+        timings = {"import_s": import_s, "load_s": round(time.perf_counter() - imported, 3)}
+        print(f"mlx-serve worker: loaded {args.model} {timings}", flush=True)
+        server: ModelServer[Any] = ModelServer(model, Path(args.model), args, timings)
+    else:
+        print(f"mlx-serve worker: spare, imports took {import_s}s", flush=True)
+        server = ModelServer.spare(args, {"import_s": import_s})
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[MODEL_SERVER] = server
+    loading: list[asyncio.Task[None]] = []
 
     async def health(_: web.Request) -> web.Response:
+        if not server.loaded:
+            status = "loading" if loading else "spare"
+            return web.json_response({"status": status, "pid": os.getpid()}, status=503)
         return web.json_response(
             {
                 "status": "ok",
@@ -132,14 +156,55 @@ def serve_model(
                 "pid": os.getpid(),
                 "peak_rss_bytes": peak_rss_bytes(),
                 **mlx_memory(),
-                **timings,
+                **server.timings,
             }
         )
+
+    async def spare_status(_: web.Request) -> web.Response:
+        if server.loaded or loading:
+            raise ApiError(409, "this worker is no longer a spare", code="not_a_spare")
+        return web.json_response({"status": "spare", "pid": os.getpid(), **server.timings})
+
+    async def load_now(request: web.Request) -> web.Response:
+        """Turn this spare into a worker for the model the body names."""
+        if server.loaded or loading:
+            raise ApiError(409, "this worker already has a model", code="not_a_spare")
+        body = await request.json()
+        path = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(path, str) or not path:
+            raise ApiError(400, "'model' must name a model directory or repo id")
+        loading.append(asyncio.create_task(_adopt(path)))
+        return web.json_response({"status": "loading", "model": path}, status=202)
+
+    async def _adopt(path: str) -> None:
+        args.model = path
+        begun = time.perf_counter()
+        try:
+            model = await server.run(lambda: load(Path(path).expanduser(), args))
+        except BaseException:
+            traceback.print_exc()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)  # a failed load ends the process, as a failed cold start does
+        server.model, server.path = model, Path(path)
+        server.timings["load_s"] = round(time.perf_counter() - begun, 3)
+        server.loaded = True
+        print(f"mlx-serve worker: loaded {path} {server.timings} (was a spare)", flush=True)
+
+    @web.middleware
+    async def needs_model(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not server.loaded and request.path not in ("/health", "/spare", "/load"):
+            raise ApiError(503, "this worker has no model loaded yet", code="no_model")
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def on_cleanup(_: web.Application) -> None:
         server.shutdown()
 
+    app.middlewares.append(needs_model)
     app.router.add_get("/health", health)
+    app.router.add_get("/spare", spare_status)
+    app.router.add_post("/load", load_now)
     app.on_cleanup.append(on_cleanup)
     add_routes(app)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)

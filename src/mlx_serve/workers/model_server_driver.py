@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from mlx_serve.workers.base import LaunchContext, ProbeError, flags_from_args, guarded_argv
+from mlx_serve.workers.base import (
+    LaunchContext,
+    ProbeError,
+    SpareContext,
+    flags_from_args,
+    guarded_argv,
+    http_ok,
+    spare_argv,
+)
 from mlx_serve.workers.process import LaunchSpec
 
 if TYPE_CHECKING:
@@ -34,6 +42,36 @@ class ModelServerDriver:
     def upstream_model(self, model: ModelConfig) -> str:
         return model.path
 
+    # -- spares: started without --model, they wait for POST /load (see model_server.py)
+
+    def spare_spec(self, ctx: SpareContext) -> LaunchSpec:
+        return LaunchSpec(
+            argv=spare_argv(ctx, self.module, without=self.without), log_path=ctx.log_path
+        )
+
+    def can_adopt(self, model: ModelConfig) -> bool:
+        return not model.args
+
+    async def spare_ready(
+        self, session: aiohttp.ClientSession, base_url: str, timeout: float
+    ) -> bool:
+        return await http_ok(session, base_url + "/spare", timeout)
+
+    async def adopt(
+        self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
+    ) -> None:
+        try:
+            async with session.post(
+                base_url + "/load",
+                json={"model": model.path},
+                timeout=aiohttp.ClientTimeout(total=min(timeout, 10)),
+            ) as resp:
+                text = await resp.text()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise ProbeError(f"the spare did not take the model: {exc!r}") from exc
+        if resp.status != 202:
+            raise ProbeError(f"the spare refused the model: HTTP {resp.status} {text[:300]}")
+
     async def probe(
         self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
     ) -> dict[str, Any] | None:
@@ -41,6 +79,8 @@ class ModelServerDriver:
             async with session.get(
                 base_url + self.health_path, timeout=aiohttp.ClientTimeout(total=min(timeout, 5))
             ) as resp:
+                if resp.status == 503:
+                    return None  # a spare still loading the model it was given
                 if resp.status != 200:
                     raise ProbeError(f"health check answered HTTP {resp.status}")
                 data = await resp.json()

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from mlx_serve.workers.base import LaunchContext, ProbeError, flags_from_args, guarded_argv
+from mlx_serve.workers.base import (
+    LaunchContext,
+    ProbeError,
+    SpareContext,
+    flags_from_args,
+    guarded_argv,
+    http_ok,
+    spare_argv,
+)
 from mlx_serve.workers.process import LaunchSpec
 
 if TYPE_CHECKING:
@@ -33,6 +41,25 @@ class TextDriver:
 
     def upstream_model(self, model: ModelConfig) -> str:
         return model.path
+
+    # -- spares: `mlx_lm server` started without --model loads the model a request names
+
+    def spare_spec(self, ctx: SpareContext) -> LaunchSpec:
+        argv = spare_argv(ctx, "mlx_lm", "server", without=("torch",))
+        return LaunchSpec(argv=argv, log_path=ctx.log_path)
+
+    def can_adopt(self, model: ModelConfig) -> bool:
+        return not model.args and model.max_kv_cache_size is None
+
+    async def spare_ready(
+        self, session: aiohttp.ClientSession, base_url: str, timeout: float
+    ) -> bool:
+        return await http_ok(session, base_url + "/health", timeout)
+
+    async def adopt(
+        self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
+    ) -> None:
+        """Nothing to send: the readiness probe names the model, which loads it."""
 
     async def probe(
         self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float

@@ -34,7 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from mlx_serve.workers.base import LaunchContext, ProbeError, flags_from_args, guarded_argv
+from mlx_serve.workers.base import (
+    LaunchContext,
+    ProbeError,
+    SpareContext,
+    flags_from_args,
+    guarded_argv,
+    http_ok,
+    spare_argv,
+)
 from mlx_serve.workers.process import LaunchSpec
 
 if TYPE_CHECKING:
@@ -64,6 +72,26 @@ class VisionDriver:
     def upstream_model(self, model: ModelConfig) -> str:
         # mlx_vlm keys its model cache on this exact string; anything else reloads.
         return model.path
+
+    # -- spares: mlx_vlm.server without --model loads the model a request names. The spare
+    # runs offline (see launch_spec), so only local models may use it.
+
+    def spare_spec(self, ctx: SpareContext) -> LaunchSpec:
+        argv = spare_argv(ctx, "mlx_vlm.server", without=("torch",))
+        return LaunchSpec(argv=argv, log_path=ctx.log_path, env={"HF_HUB_OFFLINE": "1"})
+
+    def can_adopt(self, model: ModelConfig) -> bool:
+        return not model.args and model.max_kv_cache_size is None and Path(model.path).is_dir()
+
+    async def spare_ready(
+        self, session: aiohttp.ClientSession, base_url: str, timeout: float
+    ) -> bool:
+        return await http_ok(session, base_url + "/health", timeout)
+
+    async def adopt(
+        self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
+    ) -> None:
+        """Nothing to send: the readiness probe names the model, which loads it."""
 
     async def probe(
         self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
