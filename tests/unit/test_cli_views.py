@@ -125,9 +125,15 @@ def sample_stats() -> dict[str, Any]:
         "queue": {"waiting": 0},
         "models": models,
         "spares": [
-            {"kind": "text", "pid": 4242, "port": 50123, "status": "spare",
-             "rss_bytes": 90_000_000, "started_at": NOW - 60.0},
-        ],  # fmt: skip
+            {
+                "kind": "text",
+                "pid": 4242,
+                "port": 50123,
+                "status": "spare",
+                "rss_bytes": 90_000_000,
+                "started_at": NOW - 60.0,
+            },
+        ],
         "events": [],
     }
 
