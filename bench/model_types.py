@@ -6,6 +6,11 @@ per type: the load event's timings (import / load split where the worker reports
 time from request to first response byte including the swap, and the worker's peak RSS
 (``VmHWM`` from /proc, read just before it is swapped out; Linux only). Writes
 ``bench/results/model_types.md``.
+
+It runs twice: as configured by default, then with ``server.prewarm: true`` (spare workers),
+waiting before each type's first request until that type's spare is ready, so the second
+column is what a swap costs in the steady state of a prewarmed server. The spares' RSS is
+reported too: the memory that buys the difference.
 """
 
 from __future__ import annotations
@@ -82,14 +87,30 @@ async def _request(http: aiohttp.ClientSession, name: str, kind: str, wav: bytes
     return first
 
 
-async def measure(workdir: Path) -> list[dict[str, Any]]:
+async def _spare_ready(handle: ServerHandle, kind: str, timeout: float = 120.0) -> int | None:
+    """Wait for the ready spare of ``kind``; its RSS in bytes."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        for spare in handle.supervisor.spares.spares.values():
+            if spare.kind.value == kind and spare.ready:
+                return spare.rss_bytes
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"no {kind} spare became ready in {timeout:g}s")
+
+
+async def measure(workdir: Path, *, prewarm: bool = False) -> list[dict[str, Any]]:
     models = demo_models(workdir / "models")
     models.pop("demo-llama-b")
     config_path = workdir / "models.yaml"
     import yaml
 
     port = free_port()
-    server = {"port": port, "data_dir": str(workdir / "data"), "memory_guard": False}
+    server = {
+        "port": port,
+        "data_dir": str(workdir / "data"),
+        "memory_guard": False,
+        "prewarm": prewarm,
+    }
     config_path.write_text(yaml.safe_dump({"server": server, "models": models}))
     config = load_config(config_path)
     ready: asyncio.Future[ServerHandle] = asyncio.get_running_loop().create_future()
@@ -106,6 +127,7 @@ async def measure(workdir: Path) -> list[dict[str, Any]]:
     try:
         async with aiohttp.ClientSession(base_url=handle.url) as http:
             for name, spec in models.items():
+                spare_rss = await _spare_ready(handle, spec["type"]) if prewarm else None
                 first = await _request(http, name, spec["type"], wav)
                 if spec["type"] == "tts":
                     async with http.post(
@@ -123,11 +145,28 @@ async def measure(workdir: Path) -> list[dict[str, Any]]:
                     "first_response_s": round(first, 3),
                     "warm_response_s": round(warm, 3),
                     "peak_rss_mib": None if peak is None else round(peak / 2**20),
+                    "from_spare": bool(info.get("spare")),
+                    "spare_rss_mib": None if spare_rss is None else round(spare_rss / 2**20),
                 })  # fmt: skip
     finally:
         handle.stop()
         await task
     return rows
+
+
+def render_prewarm(cold: list[dict[str, Any]], warm: list[dict[str, Any]]) -> str:
+    head = (
+        "| type | request -> first byte, incl. swap (s) | same with prewarm (s) "
+        "| prewarm / cold | spare RSS (MiB) |"
+    )
+    lines = [head, "|---|---:|---:|---:|---:|"]
+    for c, w in zip(cold, warm, strict=True):
+        ratio = w["first_response_s"] / c["first_response_s"] if c["first_response_s"] else None
+        spare = "" if w["from_spare"] else " (no spare used)"
+        cells = [c["type"], c["first_response_s"], f"{w['first_response_s']}{spare}",
+                 None if ratio is None else f"x{ratio:.2f}", w["spare_rss_mib"]]  # fmt: skip
+        lines.append("| " + " | ".join("—" if x is None else str(x) for x in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -148,14 +187,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = asyncio.run(measure(Path(tmp)))
+        rows = asyncio.run(measure(Path(tmp) / "cold"))
+    with tempfile.TemporaryDirectory() as tmp:
+        prewarmed = asyncio.run(measure(Path(tmp) / "prewarm", prewarm=True))
     table = render(rows)
+    compared = render_prewarm(rows, prewarmed)
     print(table)
+    print(compared)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "model_types.md").write_text(
-        "# Per model type (tiny local models, Linux CPU, 2 cores)\n\n" + table
+        "# Per model type (tiny local models, Linux CPU, 2 cores)\n\n"
+        + table
+        + "\n## With `server.prewarm: true` (a ready spare of each type before its request)\n\n"
+        + compared
     )
-    (args.out / "model_types.json").write_text(json.dumps(rows, indent=2))
+    (args.out / "model_types.json").write_text(
+        json.dumps({"default": rows, "prewarm": prewarmed}, indent=2)
+    )
 
 
 if __name__ == "__main__":

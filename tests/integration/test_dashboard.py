@@ -126,9 +126,18 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
 
 
+#: What a spare still starting reserves of the budget (the real server: its type's default
+#: overhead).
+SPARE_OVERHEAD = 250 * MiB
+
+
 class StubServer:
     """The management API contract over fake models; one loaded model at a time, or as many
-    as fit in ``budget`` bytes (least recently used evicted first, pinned ones never)."""
+    as fit in ``budget`` bytes (least recently used evicted first, pinned ones never).
+
+    Spares (``server.prewarm``) exist only when a test starts them (:meth:`start_spare`): a
+    load adopts a ready spare of its model's type, as the real server does, and they come off
+    the budget."""
 
     IDLE_TIMEOUT = 600.0
 
@@ -176,6 +185,7 @@ class StubServer:
             ]
         }
         self.events: list[dict[str, Any]] = []
+        self.spares: list[dict[str, Any]] = []  # as ``Spare.to_json``
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.stream_connections = 0
         self.auth_failures = 0
@@ -202,10 +212,47 @@ class StubServer:
     def _resident(self) -> list[StubModel]:
         return [x for x in self.models.values() if x.state in ("starting", "ready")]
 
+    def start_spare(self, kind: str) -> dict[str, Any]:
+        """A spare of ``kind`` starts (its imports run): ``spare.starting``."""
+        self._next_pid += 1
+        spare = {
+            "kind": kind,
+            "pid": self._next_pid,
+            "port": 50000 + self._next_pid % 1000,
+            "status": "starting",
+            "rss_bytes": None,
+            "started_at": time.time(),
+        }
+        self.spares.append(spare)
+        self.emit("spare.starting", kind, pid=spare["pid"])
+        return spare
+
+    def spare_ready(self, kind: str, rss: int) -> None:
+        (spare,) = [x for x in self.spares if x["kind"] == kind]
+        spare["status"], spare["rss_bytes"] = "spare", rss
+        duration = round(time.time() - spare["started_at"], 3)
+        self.emit("spare.ready", kind, pid=spare["pid"], duration_s=duration, rss_bytes=rss)
+
+    def stop_spare(self, kind: str, reason: str = "not wanted any more") -> None:
+        (spare,) = [x for x in self.spares if x["kind"] == kind]
+        self.spares.remove(spare)
+        self.emit("spare.stopped", kind, pid=spare["pid"], reason=reason)
+
+    def _take_spare(self, m: StubModel) -> dict[str, Any] | None:
+        for spare in self.spares:
+            if spare["kind"] == m.type and spare["status"] == "spare":
+                self.spares.remove(spare)
+                self.emit("spare.taken", m.type, pid=spare["pid"], by=m.path)
+                return spare
+        return None
+
+    def _spares_bytes(self) -> int:
+        return sum(x["rss_bytes"] or SPARE_OVERHEAD for x in self.spares)
+
     def _room_for(self, m: StubModel) -> str | None:
         """Why ``m`` does not fit beside the resident models ("memory", "count"), or None."""
         used = sum(x.planned for x in self._resident())
-        if self.budget is not None and used + m.planned > self.budget:
+        if self.budget is not None and used + m.planned > self.budget - self._spares_bytes():
             return "memory"
         if self.max_loaded is not None and len(self._resident()) >= self.max_loaded:
             return "count"
@@ -251,6 +298,7 @@ class StubServer:
                 await self._unload(victim, "swap")
             self._state(m, "starting")
             started = time.monotonic()
+            spare = self._take_spare(m)
             await asyncio.sleep(self.load_delay)
             if m.fails:
                 m.error = m.fails
@@ -259,17 +307,23 @@ class StubServer:
                     text=json.dumps(_error(f"model '{m.name}' failed to start: {m.fails}", 503)),
                     content_type="application/json",
                 )
-            self._next_pid += 1
-            m.pid, m.port, m.error = self._next_pid, 50000 + self._next_pid % 1000, None
+            if spare is not None:  # the same process, now with the model
+                m.pid, m.port = spare["pid"], spare["port"]
+            else:
+                self._next_pid += 1
+                m.pid, m.port = self._next_pid, 50000 + self._next_pid % 1000
+            m.error = None
             m.loaded_at = m.last_used = time.time()
             m.keep_alive_s = keep_alive
             self._state(m, "ready", pid=m.pid, port=m.port)
+            from_spare = {"spare": True, "spare_pid": m.pid} if spare is not None else {}
             self.emit(
                 "model.loaded",
                 m.name,
                 duration_s=round(time.monotonic() - started, 4),
                 pid=m.pid,
                 type=m.type,
+                **from_spare,
             )
             m.measured = m.peak = m.rss
             self.emit(
@@ -323,9 +377,11 @@ class StubServer:
                 "measured_bytes": sum(m.measured or 0 for m in self._resident()),
                 "free_bytes": None if self.budget is None else self.budget - planned,
                 "last_eviction": evictions[-1] if evictions else None,
+                "spares_bytes": self._spares_bytes(),
             },
             "queue": {"waiting": 0},
             "models": [self._model_json(m, now) for m in self.models.values()],
+            "spares": [dict(x) for x in self.spares],
             "events": self.events[-50:],
         }
 
@@ -735,6 +791,9 @@ async def test_dashboard_follows_the_server(
     )
     assert await browser.evaluate("document.getElementById('budget-bar').hidden")
     assert await browser.evaluate("document.getElementById('last-eviction').hidden")
+    # No server.prewarm: no spares, and no strip for them.
+    assert await browser.evaluate("window.mlxServeDashboard.spares") == []
+    assert await browser.evaluate("document.getElementById('spares').hidden")
 
     # A request through the OpenAI API: its model shows as loaded, the request is logged.
     assert await target.chat(target.request_as) == 200
@@ -1016,4 +1075,122 @@ async def test_memory_budget_on_a_laptop_screen(
             "document.getElementById('budget-bar').classList.contains('over')", what="over"
         )
         assert "over by " in await browser.evaluate(text_of("#budget-text"))
+        assert unexpected(browser.errors) == []
+
+
+def spare_chip(kind: str) -> str:
+    """JS expression: the chip of the spare of ``kind`` in the spares strip (or null)."""
+    return f"document.querySelector('#spares-list .spare[data-type={q(kind)}]')"
+
+
+async def test_spares_beside_the_budget_on_a_laptop_screen(
+    stub_factory: Callable[..., Awaitable[StubServer]], tmp_path: Path
+) -> None:
+    """Stub-only: pre-warmed spares (``server.prewarm``) at 1024 px: a chip per spare under the
+    budget strip (type, pid, RSS or "starting"), what they reserve of the budget, never a row
+    of the models table; a load adopts one; their events; nothing overflows."""
+    stub = await stub_factory(budget=int(3.5 * GiB))
+    async with Browser.launch(width=1024, height=768) as browser:
+        await browser.navigate(f"{stub.url}/dashboard{FAST}")
+        await wait_status(browser, "qwen", "unloaded")
+        assert await browser.evaluate("document.getElementById('spares').hidden")
+
+        text = stub.start_spare("text")
+        stub.start_spare("stt")
+        await browser.wait_for(
+            "!document.getElementById('spares').hidden && "
+            "document.querySelectorAll('#spares-list .spare').length === 2",
+            what="two spare chips",
+        )
+        assert await browser.evaluate(f"{spare_chip('text')}.dataset.s") == "starting"
+        assert await browser.evaluate(f"{spare_chip('text')}.textContent") == (
+            f"textpid {text['pid']}starting"
+        )
+        assert await browser.evaluate(text_of("#spares-note")) == "500 MiB reserved from the budget"
+        stub.spare_ready("text", 86 * MiB)
+        await browser.wait_for(f"{spare_chip('text')}.dataset.s === 'spare'", what="a ready spare")
+        chip = await browser.evaluate(
+            f"[...{spare_chip('text')}.children].map(c => c.textContent).filter(Boolean)"
+        )
+        assert chip == ["text", f"pid {text['pid']}", "86.0 MiB"]
+        await browser.wait_for(
+            f"{text_of('#spares-note')} === '336 MiB reserved from the budget'",
+            what="the reserved total",
+        )
+        # What they reserve is a hatched segment of the budget bar.
+        assert await browser.evaluate(
+            "document.querySelector('#budget-bar .spares-seg').title.includes('336 MiB')"
+        )
+        # Spares are not models: the table has the configured models only.
+        assert await browser.evaluate(
+            "[...document.querySelectorAll('#models tbody tr.model')].map(r => r.dataset.model)"
+        ) == list(stub.models)
+        assert not await browser.evaluate(
+            f"document.getElementById('models').textContent.includes('pid {text['pid']}')"
+        )
+        assert (await event_text(browser, "spare.starting", "stt")).startswith("starting · pid ")
+        ready = await event_text(browser, "spare.ready", "text")
+        assert ready.startswith("ready in ") and f"· 86.0 MiB · pid {text['pid']}" in ready
+
+        # Every kind at once, still ready or starting: the strip wraps, nothing overflows.
+        for kind in ("vision", "embedding", "tts"):
+            stub.start_spare(kind)
+        stub.spare_ready("vision", 240 * MiB)
+        await browser.wait_for(
+            "document.querySelectorAll('#spares-list .spare').length === 5", what="five spares"
+        )
+        overflowing = await browser.evaluate(
+            "[document.documentElement, ...['budget', 'spares', 'spares-list']"
+            ".map(id => document.getElementById(id))]"
+            ".filter(el => el.scrollWidth > el.clientWidth + 1).map(el => el.id || 'page')"
+        )
+        assert overflowing == []
+        await settle(browser)
+        check_png(await browser.screenshot(tmp_path / "dashboard-spares.png", full_page=True))
+
+        # A load of a text model adopts the text spare: same pid, "from spare" in the log.
+        await stub.chat("qwen")
+        await wait_status(browser, "qwen", "loaded")
+        taken = await event_text(browser, "spare.taken", "text")
+        assert taken == f"taken by mlx-community/Qwen2.5-0.5B-Instruct-4bit · pid {text['pid']}"
+        loaded = await event_text(browser, "model.loaded", "qwen")
+        assert loaded.endswith(f"· pid {text['pid']} · from spare")
+        await browser.wait_for(f"{spare_chip('text')} === null", what="the taken spare gone")
+
+        # Failures: a warning while it retries, an error once the pool gives up.
+        stub.emit(
+            "spare.failed",
+            "tts",
+            reason="the spare exited with code 1",
+            failures=1,
+            gave_up=False,
+            log_tail="Traceback (most recent call last):\n  ...",
+        )
+        failed = await event_text(browser, "spare.failed", "tts")
+        assert failed == "the spare exited with code 1"
+        li = "document.querySelector('#events li[data-kind=\"spare.failed\"]')"
+        assert not await browser.evaluate(f"{li}.classList.contains('is-error')")
+        assert "Traceback" in await browser.evaluate(f"{li}.querySelector('.ev-text').title")
+        stub.emit(
+            "spare.failed",
+            "tts",
+            reason="not ready after 120s",
+            failures=3,
+            gave_up=True,
+            log_tail="",
+        )
+        await browser.wait_for(
+            f"{li}.querySelector('.ev-text').textContent === "
+            "'not ready after 120s · 3 in a row · gave up' && "
+            f"{li}.classList.contains('is-error')",
+            what="the given-up spare",
+        )
+
+        # The spares stop (prewarm turned off): the strip goes away.
+        for spare in list(stub.spares):
+            stub.stop_spare(spare["kind"])
+        await browser.wait_for("document.getElementById('spares').hidden", what="no spares")
+        stopped = await event_text(browser, "spare.stopped", "vision")
+        assert stopped.startswith("stopped (not wanted any more) · pid ")
+        assert await browser.evaluate("document.querySelector('#budget-bar .spares-seg')") is None
         assert unexpected(browser.errors) == []

@@ -127,8 +127,8 @@ def sample_stats() -> dict[str, Any]:
         "spares": [
             {
                 "kind": "text",
-                "pid": 4242,
-                "port": 50123,
+                "pid": 4501,
+                "port": 50200,
                 "status": "spare",
                 "rss_bytes": 90_000_000,
                 "started_at": NOW - 60.0,
@@ -312,6 +312,7 @@ def test_status_table_fits_80_columns() -> None:
     assert lines[2] == (
         "budget 12.0 GiB · planned 4.6 GiB · free 7.4 GiB · 75% of 16.0 GiB physical"
     )
+    assert lines[3] == "spares: text (pid 4501, 85.8 MiB)"
 
     rows = {line.split()[0]: line for line in lines if line.split()}
     # memory: what the loaded model measures; planned: what the budget counts for it.
@@ -428,7 +429,7 @@ def test_a_long_budget_source_is_cut_not_wrapped() -> None:
     lines = render(views.status_view(stats, now=NOW)).splitlines()
     assert_fits("\n".join(lines))
     assert lines[2].startswith("budget 12.0 GiB · planned 4.6 GiB · free 7.4 GiB · auto:")
-    assert lines[2].endswith("…") and lines[3] == ""
+    assert lines[2].endswith("…") and lines[3].startswith("spares: ") and lines[4] == ""
 
 
 def test_status_shows_the_last_eviction() -> None:
@@ -442,6 +443,94 @@ def test_status_shows_the_last_eviction() -> None:
     assert f"evicted {LONG_NAME} for qwen 3m ago: memory" in wide
     without = {**sample_stats(), "memory": _no_budget()}
     assert "evicted" not in render(views.status_view(without, now=NOW))
+
+
+def _spare(kind: str = "text", pid: int = 4501, rss: int | None = 90_000_000) -> dict[str, Any]:
+    """One entry of ``/api/stats`` ``spares`` (``Spare.to_json``): ready when measured."""
+    return {
+        "kind": kind,
+        "pid": pid,
+        "port": 50200,
+        "status": "spare" if rss is not None else "starting",
+        "rss_bytes": rss,
+        "started_at": NOW - 60.0,
+    }
+
+
+def _with_spares(*spares: dict[str, Any], **memory: Any) -> dict[str, Any]:
+    stats = sample_stats()
+    stats["spares"] = list(spares)
+    stats["memory"] |= memory
+    return stats
+
+
+@pytest.mark.parametrize(
+    ("stats", "expected"),
+    [
+        # One measured spare: what it holds is what it takes off the budget; no total.
+        (_with_spares(_spare()), "spares: text (pid 4501, 85.8 MiB)"),
+        (
+            _with_spares(_spare(), _spare("stt", 4502, None), spares_bytes=90_000_000 + 250 * MIB),
+            "spares: text (pid 4501, 85.8 MiB) · stt starting · 336 MiB reserved",
+        ),
+        (
+            _with_spares(_spare("embedding", rss=None), spares_bytes=250 * MIB),
+            "spares: embed starting · 250 MiB reserved",
+        ),
+        # 85 columns with the pids: they go first.
+        (
+            _with_spares(_spare(), _spare("vision", 4502, 40 * MIB), spares_bytes=130 * MIB),
+            "spares: text 85.8 MiB · vision 40.0 MiB · 130 MiB reserved",
+        ),
+        # Without a budget nothing is reserved from one.
+        (
+            {**_with_spares(_spare(), _spare("tts", 4502, None)), "memory": _no_budget()},
+            "spares: text (pid 4501, 85.8 MiB) · tts starting",
+        ),
+    ],
+)
+def test_spares_line(stats: dict[str, Any], expected: str) -> None:
+    lines = render(views.status_view(stats, now=NOW)).splitlines()
+    assert_fits("\n".join(lines))
+    (line,) = [x for x in lines if x.startswith("spares")]
+    assert line == expected
+    # Under the memory line, above the table; never a row of the table.
+    assert lines.index(line) == 3 and lines[4] == ""
+    table = render(views.status_table(stats, now=NOW))
+    assert not [x for x in table.splitlines() if x.split()[:1] == [stats["spares"][0]["kind"]]]
+
+
+def test_a_spare_still_starting_is_yellow() -> None:
+    stats = _with_spares(_spare(), _spare("stt", 4502, None))
+    line = views.spares_line(stats)
+    assert line is not None
+    text = line.text()
+    styles = {text.plain[s.start : s.end].strip(): str(s.style) for s in text.spans}
+    assert styles["starting"] == "yellow" and styles["text"] == "cyan"
+
+
+def test_no_spares_no_line() -> None:
+    for stats in (_with_spares(), {k: v for k, v in sample_stats().items() if k != "spares"}):
+        assert views.spares_line(stats) is None
+        lines = render(views.status_view(stats, now=NOW)).splitlines()
+        assert "spares" not in "\n".join(lines)
+        assert lines[2].startswith("budget ") and lines[3] == "", "the table follows at once"
+
+
+def test_many_spares_lose_their_pids_then_their_end() -> None:
+    three = [_spare(k, 40000 + i) for i, k in enumerate(("text", "vision", "embedding"))]
+    stats = _with_spares(*three, spares_bytes=3 * 90_000_000)
+    (line,) = [x for x in render(views.status_view(stats, now=NOW)).splitlines() if "spares" in x]
+    assert line == "spares: text 85.8 MiB · vision 85.8 MiB · embed 85.8 MiB · 257 MiB reserved"
+    wide = render(views.status_view(stats, now=NOW), width=160)
+    assert "vision (pid 40001, 85.8 MiB)" in wide, "with room, the pids are back"
+    five = _with_spares(
+        *three, _spare("tts", 40003), _spare("stt", 40004, None), spares_bytes=5 * 90_000_000
+    )
+    text = render(views.status_view(five, now=NOW))
+    assert_fits(text)
+    (line,) = [x for x in text.splitlines() if "spares" in x]
+    assert line.startswith("spares: text 85.8 MiB · vision") and line.endswith("…")
 
 
 @pytest.mark.parametrize(
@@ -711,6 +800,47 @@ def event(kind: str, model: str | None = "qwen", **data: Any) -> dict[str, Any]:
             ),
             "22:13:20 model.footprint qwen measured 1.0 GiB, planned 1.0 GiB",
         ),
+        (
+            event(
+                "model.loaded", duration_s=0.8, pid=4501, type="text", spare=True, spare_pid=4501
+            ),
+            "22:13:20 model.loaded   qwen in 800ms from spare pid=4501 type=text",
+        ),
+        (event("spare.starting", "text", pid=4501), "22:13:20 spare.starting text pid 4501"),
+        (
+            event("spare.ready", "text", pid=4501, duration_s=2.5, rss_bytes=90_000_000),
+            "22:13:20 spare.ready    text pid 4501 in 2.50s, 85.8 MiB",
+        ),
+        (
+            event("spare.taken", "text", pid=4501, by="mlx-community/Qwen2.5-0.5B-4bit"),
+            "22:13:20 spare.taken    text pid 4501 for mlx-community/Qwen2.5-0.5B-4bit",
+        ),
+        (
+            event("spare.stopped", "tts", pid=4501, reason="not wanted any more"),
+            "22:13:20 spare.stopped  tts pid 4501: not wanted any more",
+        ),
+        (
+            event(
+                "spare.failed",
+                "text",
+                reason="not ready after 120s",
+                failures=1,
+                gave_up=False,
+                log_tail="",
+            ),
+            "22:13:20 spare.failed   text not ready after 120s",
+        ),
+        (
+            event(
+                "spare.failed",
+                "vision",
+                reason="the spare exited with code 1",
+                failures=3,
+                gave_up=True,
+                log_tail="Traceback (most recent call last):\n  ...",
+            ),
+            "22:13:20 spare.failed   vision the spare exited with code 1, 3 in a row, gave up",
+        ),
     ],
 )
 def test_event_line(evt: dict[str, Any], expected: str) -> None:
@@ -727,6 +857,22 @@ def test_event_line_colors_the_kind() -> None:
     for kind, style in (("model.evicted", "yellow"), ("model.refused", "bold red")):
         line = views.event_line(event(kind, reason="memory"), tz=UTC)
         assert any(str(span.style) == style for span in line.spans), kind
+    failed = views.event_line(
+        event("spare.failed", "text", reason="boom", failures=3, gave_up=True), tz=UTC
+    )
+    styles = {failed.plain[s.start : s.end].strip(): str(s.style) for s in failed.spans}
+    assert styles["spare.failed"] == "yellow" and styles["boom"] == "yellow"
+    assert styles[", gave up".strip()] == "bold red"
+    for kind in ("spare.starting", "spare.ready", "spare.taken", "spare.stopped"):
+        line = views.event_line(event(kind, "text", pid=1), tz=UTC)
+        assert any(str(s.style) == "cyan" for s in line.spans), kind
+    from_spare = views.event_line(
+        event("model.loaded", duration_s=1.0, pid=1, spare=True, spare_pid=1), tz=UTC
+    )
+    assert any(
+        str(s.style) == "cyan" and from_spare.plain[s.start : s.end] == " from spare"
+        for s in from_spare.spans
+    )
     way_off = views.event_line(
         event("model.footprint", measured_bytes=2 * GIB, estimate_bytes=GIB), tz=UTC
     )

@@ -36,6 +36,7 @@ __all__ = [
     "relative_time",
     "reload_summary",
     "show_panel",
+    "spares_line",
     "status_header",
     "status_table",
     "status_view",
@@ -71,6 +72,8 @@ _KIND_STYLES: dict[str, str] = {
     "request": "blue",
     "supervisor": "bold",
     "config": "magenta",
+    "spare": "cyan",
+    "spare.failed": "yellow",
 }
 
 #: Shown for a value that does not apply (a memory figure of an unloaded model).
@@ -215,6 +218,70 @@ def memory_line(memory: Mapping[str, Any]) -> Text:
     if memory.get("budget_source"):
         text.append(f" · {memory['budget_source']}", style="dim")
     return text
+
+
+class SparesLine:
+    """``spares: text (pid 4242, 86 MiB) · stt starting · 336 MiB reserved``: the pre-warmed
+    worker processes (``/api/stats`` ``spares``) on one line. They hold no model, so they are
+    not in the table; what they take off the memory budget (``memory.spares_bytes``: a spare
+    still starting counts its type's default overhead) comes last. When the line does not fit,
+    the pids go first, then its end is cut with an ellipsis."""
+
+    def __init__(self, spares: Sequence[Mapping[str, Any]], memory: Mapping[str, Any]) -> None:
+        self.spares = list(spares)
+        reserved = memory.get("spares_bytes")
+        # The total says something only with a budget (it comes off it) and when it is not
+        # just the one figure already shown (one spare, measured).
+        measured = [s for s in self.spares if isinstance(s.get("rss_bytes"), int | float)]
+        self.reserved = (
+            reserved
+            if isinstance(memory.get("budget_bytes"), int | float)
+            and isinstance(reserved, int)
+            and reserved > 0
+            and not (len(self.spares) == 1 and measured)
+            else None
+        )
+
+    def text(self, pids: bool = True) -> Text:
+        text = Text("spares: ", style="bold", no_wrap=True, overflow="ellipsis")
+        for i, spare in enumerate(self.spares):
+            if i:
+                text.append(" · ")
+            kind = str(spare.get("kind", "?"))
+            text.append(_TYPE_SHORT.get(kind, kind), style="cyan")
+            if spare.get("status") != "spare":
+                text.append(" starting", style="yellow")
+                continue
+            rss = spare.get("rss_bytes")
+            pid = spare.get("pid")
+            details = [f"pid {pid}"] if pids and pid is not None else []
+            if isinstance(rss, int | float):
+                details.append(human_bytes(rss))
+            if details:
+                text.append(f" ({', '.join(details)})" if pids else f" {details[0]}")
+        if self.reserved is not None:
+            text.append(f" · {human_bytes(self.reserved)} reserved", style="dim")
+        return text
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        width = self.text().cell_len
+        return Measurement(min(width, 20), width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        text = self.text()
+        if text.cell_len > options.max_width:
+            text = self.text(pids=False)
+        text.truncate(options.max_width, overflow="ellipsis")
+        yield text
+
+
+def spares_line(stats: Mapping[str, Any]) -> SparesLine | None:
+    """The spares line of ``status``, or None when there are none (or the server is older
+    than them)."""
+    spares = stats.get("spares")
+    if not isinstance(spares, list) or not spares:
+        return None
+    return SparesLine(spares, stats.get("memory") or {})
 
 
 def status_table(stats: Mapping[str, Any], now: float | None = None) -> Table:
@@ -383,14 +450,18 @@ def _eviction_reason(data: Mapping[str, Any]) -> str:
 
 
 def status_view(stats: Mapping[str, Any], now: float | None = None) -> Group:
-    """What ``mlx-serve status`` prints: the header, the table, the last eviction (why a
-    model is not loaded any more) and the reason of each failed model (the table has no room
-    for it, and it is what the user needs next)."""
+    """What ``mlx-serve status`` prints: the header, the memory budget, the spare workers
+    (when ``server.prewarm`` keeps some), the table, the last eviction (why a model is not
+    loaded any more) and the reason of each failed model (the table has no room for it, and it
+    is what the user needs next)."""
     memory = stats.get("memory") or {}
     parts: list[RenderableType] = [status_header(stats)]
     if "budget_bytes" in memory:  # not from a server older than the memory budget
         # Third, not second: scripts (and the integration tests) read the config on line 2.
         parts.append(memory_line(memory))
+    spares = spares_line(stats)
+    if spares is not None:
+        parts.append(spares)
     parts += [Text(), status_table(stats, now)]
     eviction = memory.get("last_eviction")
     if isinstance(eviction, Mapping):
@@ -631,6 +702,13 @@ def _event_details(kind: str, data: dict[str, Any]) -> Text:
         out.append(f"→ {data.pop('to', '?')}")
     elif kind in ("model.loaded", "model.unloaded") and "duration_s" in data:
         out.append(f"in {_seconds(data.pop('duration_s'))}")
+        spare_pid = data.pop("spare_pid", None)
+        if data.pop("spare", None):
+            out.append(" from spare", style="cyan")
+            if "pid" not in data and spare_pid is not None:
+                out.append(f" pid {spare_pid}")
+    elif kind.startswith("spare."):
+        _spare_details(kind, data, out)
     elif kind == "model.evicted":
         for_model = data.pop("for_model", None)
         if for_model:
@@ -692,6 +770,31 @@ def _event_details(kind: str, data: dict[str, Any]) -> Text:
             out.append(" ")
         out.append(" ".join(rest), style="dim")
     return out
+
+
+def _spare_details(kind: str, data: dict[str, Any], out: Text) -> None:
+    """``spare.*`` events (the model field is the spare's kind): what happened to it."""
+    pid = data.pop("pid", None)
+    if kind == "spare.failed":
+        out.append(str(data.pop("reason", None) or "failed"), style="yellow")
+        failures = data.pop("failures", None)
+        if isinstance(failures, int) and failures > 1:
+            out.append(f", {failures} in a row")
+        if data.pop("gave_up", False):
+            out.append(", gave up", style="bold red")
+        return
+    if pid is not None:
+        out.append(f"pid {pid}")
+    if kind == "spare.ready":
+        duration, rss = data.pop("duration_s", None), data.pop("rss_bytes", None)
+        if duration is not None:
+            out.append(f" in {_seconds(duration)}")
+        if isinstance(rss, int | float):
+            out.append(f", {human_bytes(rss)}")
+    elif kind == "spare.taken" and data.get("by"):
+        out.append(f" for {data.pop('by')}")
+    elif kind == "spare.stopped" and data.get("reason"):
+        out.append(f": {data.pop('reason')}")
 
 
 _STATE_STYLES = {

@@ -155,7 +155,11 @@ class Supervisor:
 
     def configure_spares(self) -> None:
         """Keep spares of the kinds ``server.prewarm`` asks for (models.yaml may have changed)."""
-        used = {w.model.type for w in self.workers.values()}
+        used = set()
+        for worker in self.workers.values():
+            driver = self.spares.driver(worker.model.type)
+            if driver is not None and driver.can_adopt(worker.pending_model or worker.model):
+                used.add(worker.model.type)  # a spare nobody could adopt would only hold memory
         self.spares.configure(self.config.server.prewarm_kinds(used))
 
     def _spare_may_start(self) -> bool:
