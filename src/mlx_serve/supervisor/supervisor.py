@@ -330,13 +330,14 @@ class Supervisor:
             w.footprint.measured_bytes or 0 for w in self.workers.values() if w.state in RESIDENT
         )
         evictions = self.events.recent(kind="model.evicted")
+        spares = self.spares.reserved_bytes(DEFAULT_OVERHEAD)
         return {
             "budget_bytes": budget.bytes if budget is not None else None,
             "budget_source": budget.source if budget is not None else None,
             "max_loaded_models": self.config.server.loaded_cap,
             "planned_bytes": used,
             "measured_bytes": measured,
-            "free_bytes": budget.bytes - used if budget is not None else None,
+            "free_bytes": budget.bytes - used - spares if budget is not None else None,
             "last_eviction": evictions[-1].to_json() if evictions else None,
-            "spares_bytes": self.spares.reserved_bytes(DEFAULT_OVERHEAD),
+            "spares_bytes": spares,  # held by spare workers, off the budget
         }
