@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -154,23 +152,3 @@ async def serve(
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         log.info("mlx-serve stopped")
-
-
-def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run the server's coroutine on uvloop when it is installed (and not switched off with
-    ``MLX_SERVE_UVLOOP=0``), else on asyncio's own loop.
-
-    Streaming costs the router one read and one write per token; uvloop does both in C and
-    measured about half the router CPU per streamed token of the default loop here (see
-    bench/results/hotpath.md), which on a 2-core machine is CPU taken from generation.
-    """
-    factory = None
-    if os.environ.get("MLX_SERVE_UVLOOP", "1") != "0":
-        try:
-            import uvloop  # noqa: PLC0415 - optional
-
-            factory = uvloop.new_event_loop
-        except ImportError:
-            pass
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)

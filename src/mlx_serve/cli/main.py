@@ -104,7 +104,7 @@ def start(
     if detach:
         _start_detached(path, data_dir, host=host, port=port, verbose=verbose)
         return
-    from mlx_serve.server import run, serve
+    from mlx_serve.server import serve
 
     _setup_logging(verbose)
     try:
@@ -113,7 +113,7 @@ def start(
             # The pid file appears once the server listens: `start --detach` waits for it.
             write_pid(data_dir)
 
-        run(serve(cfg, data_dir=data_dir, host=host, port=port, on_ready=ready))
+        asyncio.run(serve(cfg, data_dir=data_dir, host=host, port=port, on_ready=ready))
     except (KeyboardInterrupt, asyncio.CancelledError):
         pass
     except OSError as exc:

@@ -64,8 +64,16 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
 async def _worker_session(app: web.Application) -> AsyncIterator[None]:
     # No pool limit here: concurrency per worker is capped by the supervisor's slots.
     # No total timeout: a long generation is not an error; the connect timeout is.
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    connector = aiohttp.TCPConnector(limit=0, force_close=False, happy_eyeballs_delay=None)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    # Every request pays this client's per-request work before its first token: no cookies
+    # (workers set none), no decompression (workers do not compress; bytes pass through).
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+    ) as session:
         app[HTTP] = session
         yield

@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 #: Attempts to reach a worker before giving up with 502 (only before any byte came back).
 CONNECT_ATTEMPTS = 5
 RETRY_BACKOFF = 0.05
-#: Shortest time between two writes of one stream to its client (see _relay_stream).
-SEND_INTERVAL = 0.004
 
 
 @dataclass
@@ -256,39 +254,17 @@ async def _relay_stream(
     )
     await resp.prepare(request)
     trace.status = 200
-    # The hot path: one read per token, and at most one write per SEND_INTERVAL. Events are
-    # forwarded as soon as they are whole (the rename must not straddle a read boundary) and
-    # the previous write is SEND_INTERVAL old; otherwise they wait at most that long for
-    # company. A write to a socket is the router's biggest cost per token (it measured
-    # ~250 us here, more than everything else per token together), so at hundreds of tokens
-    # per second this halves the router's CPU, which on a small machine is CPU taken from
-    # generation; at the tens of tokens per second of real models every token still goes out
-    # alone, at once. The first token is never held. Token counting and the [DONE] check
-    # are byte searches; only a chunk carrying "usage" is parsed, once per stream.
+    # The hot path: one read and one write per token. Events are forwarded as soon as they
+    # are whole (the rename must not straddle a read boundary); token counting and the
+    # [DONE] check are byte searches, never a JSON parse (only a chunk carrying "usage" is
+    # parsed, once per stream). Holding events back to write several at once was tried: it
+    # saved writes but cost more CPU in timers than it saved, and held the first token behind
+    # mlx_lm's keepalive comment (bench/results/hotpath.md).
     buffer = b""  # the start of an event not yet whole
-    pending = b""  # whole events not yet written
-    last_write = 0.0
     done = False
     read = upstream.content.readany
     try:
-        while True:
-            if pending:
-                wait = last_write + SEND_INTERVAL - time.perf_counter()
-                if wait <= 0:
-                    await _to_client(resp, rename(pending))
-                    pending, last_write = b"", time.perf_counter()
-                    continue
-                try:
-                    async with asyncio.timeout(wait):
-                        chunk = await read()
-                except TimeoutError as exc:
-                    if isinstance(exc, aiohttp.ClientError):
-                        raise  # the upstream's own read timeout, not our flush timer
-                    continue  # flushed at the top of the loop
-            else:
-                chunk = await read()
-            if not chunk:
-                break
+        while chunk := await read():
             if buffer:
                 chunk = buffer + chunk
                 buffer = b""
@@ -302,9 +278,9 @@ async def _relay_stream(
                 trace.ttft_s = time.perf_counter() - trace.started
             done = done or _ends_stream(chunk)
             _count_stream_tokens(chunk, trace)
-            pending += chunk
-        if pending or buffer:
-            await _to_client(resp, rename(pending + buffer))
+            await _to_client(resp, rename(chunk))
+        if buffer:
+            await _to_client(resp, rename(buffer))
             done = done or _ends_stream(buffer)
         if not done:
             raise aiohttp.ClientPayloadError("the stream ended without [DONE]")
@@ -322,7 +298,7 @@ async def _relay_stream(
         trace.error = error.message
         trace.status = 502
         try:
-            await _to_client(resp, rename(pending) + error.sse_event())
+            await _to_client(resp, error.sse_event())
         except _ClientGone:
             return resp
     with contextlib.suppress(ConnectionError):

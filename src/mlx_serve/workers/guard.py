@@ -56,6 +56,21 @@ def _keep_transformers_off(module: str) -> None:
         del sys.modules[module]
 
 
+#: Listen backlog for servers built on ``socketserver`` (``mlx_lm server`` is one). Its
+#: default of 5 makes the kernel drop the SYN of a sixth simultaneous connection, which the
+#: client only retries a second later: a burst of 8 streams through the router (whose
+#: per-worker limit is ``max_concurrency``, 8 by default) lost a second on some of them.
+LISTEN_BACKLOG = 128
+
+
+def _raise_listen_backlog() -> None:
+    import socketserver  # noqa: PLC0415 - stdlib, cheap; only the class attribute changes
+
+    socketserver.TCPServer.request_queue_size = max(
+        socketserver.TCPServer.request_queue_size, LISTEN_BACKLOG
+    )
+
+
 def main() -> None:
     args = sys.argv[1:]
     while len(args) >= 2 and args[0] == "--without":
@@ -66,6 +81,7 @@ def main() -> None:
     module = args[0]
     sys.argv = [module, *args[1:]]
     threading.Thread(target=_watch_stdin, name="supervisor-guard", daemon=True).start()
+    _raise_listen_backlog()
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
