@@ -975,7 +975,10 @@ async def test_failures_reconnects_and_dark_mode(
         "?.textContent.startsWith('available 249 GiB')",
         what="the newest event on top",
     )
-    assert await browser.evaluate("document.querySelectorAll('#events li.ev').length") == 200
+    await browser.wait_for(
+        "document.querySelectorAll('#events li.ev').length === 200",
+        what="the log trimmed to 200 events",
+    )
     assert unexpected(browser.errors, 503) == []  # the failed load's answer
 
 

@@ -16,6 +16,9 @@ from mlx_serve.testing import FakeWorkerDriver
 from tests.conftest import eventually
 from tests.integration.conftest import Running, StartServer
 
+#: Every state-changing management call must be JSON (see router/origin.py).
+JSON = {"Content-Type": "application/json"}
+
 pytestmark = pytest.mark.slow
 
 FAKE = {ModelType.TEXT: FakeWorkerDriver()}
@@ -40,7 +43,7 @@ async def get_json(run: Running, path: str) -> tuple[int, Any]:
 
 
 async def post_json(run: Running, path: str, body: Any = None) -> tuple[int, Any]:
-    async with run.http.post(path, json=body) as r:
+    async with run.http.post(path, json={} if body is None else body) as r:
         return r.status, await r.json()
 
 
@@ -77,7 +80,7 @@ async def test_models_list_load_and_unload(start_server: StartServer) -> None:
 
 async def test_load_streams_progress(start_server: StartServer) -> None:
     run = await fake_server(start_server)
-    async with run.http.post("/api/models/a/load?stream=true") as r:
+    async with run.http.post("/api/models/a/load?stream=true", json={}) as r:
         assert r.status == 200 and r.headers["Content-Type"].startswith("application/x-ndjson")
         lines = [json.loads(line) async for line in r.content if line.strip()]
     statuses = [line["status"] for line in lines]
@@ -106,10 +109,10 @@ async def test_unload_waits_for_in_flight_unless_forced(start_server: StartServe
 async def test_bad_names(start_server: StartServer) -> None:
     run = await fake_server(start_server)
     for name in ("../x", "a/../../etc", "%2Fetc%2Fpasswd"):
-        async with run.http.delete(f"/api/models/{name}/files") as r:
+        async with run.http.delete(f"/api/models/{name}/files", headers=JSON) as r:
             assert r.status in (400, 404), name
             assert "error" in await r.json()
-    async with run.http.delete("/api/models/..%2Fx/files") as r:
+    async with run.http.delete("/api/models/..%2Fx/files", headers=JSON) as r:
         assert r.status == 400
     status, data = await post_json(run, "/api/models/nope/load")
     assert status == 404 and data["error"]["code"] == "model_not_found"
@@ -118,7 +121,7 @@ async def test_bad_names(start_server: StartServer) -> None:
 async def test_delete_is_refused_while_loaded(start_server: StartServer) -> None:
     run = await fake_server(start_server)
     await post_json(run, "/api/models/a/load")
-    async with run.http.delete("/api/models/a/files") as r:
+    async with run.http.delete("/api/models/a/files", headers=JSON) as r:
         assert r.status == 409 and (await r.json())["error"]["code"] == "model_loaded"
 
 
@@ -196,7 +199,7 @@ async def test_management_is_behind_the_api_key(start_server: StartServer) -> No
     for path in ("/api/models", "/api/stats", "/api/events", "/metrics", "/api/models/a"):
         async with run.http.get(path) as r:
             assert r.status == 401, path
-    async with run.http.post("/api/models/a/load") as r:
+    async with run.http.post("/api/models/a/load", json={}) as r:
         assert r.status == 401
     async with run.http.get("/api/stats", headers={"Authorization": "Bearer k3y"}) as r:
         assert r.status == 200
@@ -251,9 +254,9 @@ async def test_pull_from_a_local_fake_hub_then_load_and_answer(
     _, shown = await get_json(run, "/api/models/pulled")
     assert shown["details"]["source"] == "hub" and shown["details"]["cached"]
     # Deleting it is refused while loaded, then frees the cache.
-    async with run.http.delete("/api/models/pulled/files") as r:
+    async with run.http.delete("/api/models/pulled/files", headers=JSON) as r:
         assert r.status == 409
     await post_json(run, "/api/models/pulled/unload")
-    async with run.http.delete("/api/models/pulled/files") as r:
+    async with run.http.delete("/api/models/pulled/files", headers=JSON) as r:
         data = await r.json()
         assert r.status == 200 and data["freed_bytes"] > 0

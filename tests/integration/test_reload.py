@@ -105,14 +105,14 @@ async def test_api_reload_reports_the_diff(start_server: StartServer) -> None:
         idle_timeout="5m",
         host="0.0.0.0",
     )
-    async with run.http.post("/api/reload") as r:
+    async with run.http.post("/api/reload", json={}) as r:
         data = await r.json()
     assert r.status == 200 and "z" in data["added"]
     assert data["restart_needed"] == ["host"] and "idle_timeout" in data["server_changed"]
     assert run.supervisor.config.server.host == "127.0.0.1"  # needs a restart: unchanged
     assert run.supervisor.config.server.idle_timeout == 300
     source.write_text("server: {port: nope}\n")
-    async with run.http.post("/api/reload") as r:
+    async with run.http.post("/api/reload", json={}) as r:
         data = await r.json()
     assert r.status == 422 and data["status"] == "invalid" and "server.port" in data["error"]
 
@@ -147,7 +147,7 @@ async def test_reload_can_turn_the_api_key_on(start_server: StartServer) -> None
     port = run.supervisor.config.server.port
     assert (await run.chat("a"))[0] == 200
     write(source, {"a": {"path": "fake/a"}}, port=port, watch_config=False, api_key="new-key")
-    async with run.http.post("/api/reload") as r:
+    async with run.http.post("/api/reload", json={}) as r:
         assert r.status == 200  # no key was needed when the request arrived
     assert (await run.chat("a"))[0] == 401
     async with run.http.get("/api/stats", headers={"Authorization": "Bearer new-key"}) as r:

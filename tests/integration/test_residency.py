@@ -77,7 +77,7 @@ async def reload_with_budget(run: Running, budget: str) -> None:
     config = yaml.safe_load(path.read_text())
     config["server"]["memory_budget"] = budget
     path.write_text(yaml.safe_dump(config))
-    async with run.http.post("/api/reload") as r:
+    async with run.http.post("/api/reload", json={}) as r:
         result = await r.json()
         assert r.status == 200 and "memory_budget" in result["server_changed"], result
 

@@ -333,6 +333,8 @@ class Client:
         payload: bytes | None = None
         if body is not None:
             payload = json.dumps(body).encode()
+        if payload is not None or method not in ("GET", "HEAD"):
+            # The management API requires it on every state-changing call (see router/origin).
             headers["Content-Type"] = "application/json"
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"

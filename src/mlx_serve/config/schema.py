@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .durations import Duration, OptionalDuration
-from .sizes import MemoryBudget
+from .sizes import ByteSize, MemoryBudget
 
 __all__ = [
     "DEFAULT_PORT",
@@ -222,6 +222,20 @@ class ServerConfig(BaseModel):
     """Where logs and state live; ``None`` lets the caller pick its default."""
     api_key: str | None = None
     """If set, clients must send ``Authorization: Bearer <api_key>``."""
+    max_json_body: ByteSize = 20 * 2**20
+    """Largest JSON request body (chat, embeddings, speech, management); more is a 413."""
+    max_upload_body: ByteSize = 64 * 2**20
+    """Largest multipart upload (audio for transcription); more is a 413."""
+    allowed_origins: Annotated[list[str], BeforeValidator(_aliases_before)] = Field(
+        default_factory=list
+    )
+    """Web origins (``https://app.example``) whose pages may call this server, besides its
+    own and localhost ones; ``"*"`` allows every origin."""
+    allowed_hosts: Annotated[list[str], BeforeValidator(_aliases_before)] = Field(
+        default_factory=list
+    )
+    """Host names this server answers to, besides IPs, localhost and this machine's name;
+    ``"*"`` turns the DNS-rebinding check off."""
     allow_remote_images: bool = False
     """Let vision requests name http(s) image URLs, which the worker then fetches."""
     watch_config: bool = True

@@ -18,7 +18,14 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer
 
-__all__ = ["BudgetSpec", "MemoryBudget", "format_bytes", "parse_budget", "parse_size"]
+__all__ = [
+    "BudgetSpec",
+    "ByteSize",
+    "MemoryBudget",
+    "format_bytes",
+    "parse_budget",
+    "parse_size",
+]
 
 _UNITS: dict[str, int] = {
     "": 1,
@@ -119,3 +126,7 @@ MemoryBudget = Annotated[
     PlainSerializer(lambda spec: None if spec is None else str(spec), return_type=str | None),
 ]
 """A :class:`BudgetSpec`, or ``None`` for "no budget: count models instead"."""
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+"""A positive number of bytes, written as ``20MiB``, ``1GB`` or a plain integer."""

@@ -18,18 +18,23 @@ from mlx_serve.router.auth import auth_middleware
 from mlx_serve.router.keys import HTTP, METRICS, STATS, SUPERVISOR
 from mlx_serve.router.management import add_routes as add_management_routes
 from mlx_serve.router.openai_routes import add_routes
+from mlx_serve.router.origin import add_cors_headers, origin_middleware
 from mlx_serve.supervisor import Supervisor
 from mlx_serve.supervisor.events import Event
 
-#: Largest request body accepted (vision requests carry base64 images).
-MAX_BODY_BYTES = 64 * 1024 * 1024
+#: aiohttp's own cap on a request body. The real limits are per kind of body
+#: (``server.max_json_body`` / ``max_upload_body``), checked while reading; this only
+#: bounds what a handler that reads a body some other way could take.
+MAX_BODY_BYTES = 1024 * 1024 * 1024
 
 
 def make_app(supervisor: Supervisor) -> web.Application:
     """The router for ``supervisor``. Starting and stopping the supervisor is the caller's."""
-    middlewares: list[Middleware] = [error_middleware]
-    middlewares.append(auth_middleware)  # inside the error middleware: its 401 becomes JSON
+    # Inside the error middleware, so their 403/415/401 become JSON; origin checks first, so a
+    # foreign page learns nothing, not even whether a key is needed.
+    middlewares: list[Middleware] = [error_middleware, origin_middleware, auth_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
+    app.on_response_prepare.append(add_cors_headers)
     app[SUPERVISOR] = supervisor
     app[STATS] = RequestStats()
     app[METRICS] = Metrics(supervisor)

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from mlx_serve.config import ModelType, parse_duration
+from mlx_serve.config.sizes import format_bytes
 from mlx_serve.errors import ApiError
 from mlx_serve.router.keys import HTTP, SUPERVISOR
 from mlx_serve.router.multipart import MultipartError, form_fields
@@ -48,9 +49,37 @@ TYPE_ENDPOINTS: dict[ModelType, str] = {
 RETRY_AFTER = "5"
 
 
+async def read_body(request: web.Request, limit: int, setting: str) -> bytes:
+    """The whole body, or a 413 naming ``limit`` (and the setting that raises it) as soon as
+    the declared length or the bytes read so far exceed it."""
+
+    def too_large() -> ApiError:
+        return ApiError(
+            413,
+            f"the request body is larger than {format_bytes(limit)} ({limit} bytes); "
+            f"server.{setting} raises the limit",
+            code="request_too_large",
+        )
+
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large()
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        data += chunk
+        if len(data) > limit:
+            raise too_large()
+    return bytes(data)
+
+
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 saying what is wrong with it."""
-    raw = await request.read()
+    """The request body as a JSON object, or a 400 (413) saying what is wrong with it.
+
+    Nothing a worker could not parse gets through: a document nested so deep that a JSON
+    parser recurses out of stack, and text with lone UTF-16 surrogates (not encodable as
+    UTF-8, which every worker's tokenizer needs) are refused here.
+    """
+    limit = request.app[SUPERVISOR].config.server.max_json_body
+    raw = await read_body(request, limit, "max_json_body")
     if not raw:
         raise ApiError(400, "the request body is empty; send a JSON object", code="invalid_json")
     try:
@@ -59,9 +88,35 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(
             400, f"the request body is not valid JSON: {exc}", code="invalid_json"
         ) from exc
+    except RecursionError as exc:
+        raise ApiError(
+            400, "the request body is nested too deeply to be JSON a model takes",
+            code="invalid_json",
+        ) from exc  # fmt: skip
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    if _may_hold_surrogates(raw):
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ApiError(
+                400,
+                "the request body holds a lone UTF-16 surrogate (invalid Unicode text)",
+                code="invalid_json",
+            ) from exc
+        except RecursionError as exc:
+            raise ApiError(
+                400, "the request body is nested too deeply", code="invalid_json"
+            ) from exc
     return body
+
+
+def _may_hold_surrogates(raw: bytes) -> bool:
+    """A cheap pre-check: a ``\\uD800``-``\\uDFFF`` escape or UTF-8-encoded surrogate bytes."""
+    if b"\xed" in raw:
+        return True
+    lowered = raw.lower()
+    return any(f"\\ud{c}".encode() in lowered for c in "89abcdef")
 
 
 def resolve_or_404(supervisor: Supervisor, requested: str, *, param: str | None = None) -> str:
@@ -216,7 +271,8 @@ async def proxy_form(request: web.Request, endpoint: str) -> web.StreamResponse:
     """A multipart endpoint (audio uploads): route on its ``model`` field, forward it as is."""
     supervisor = request.app[SUPERVISOR]
     content_type = request.headers.get("Content-Type", "")
-    raw = await request.read()
+    limit = supervisor.config.server.max_upload_body
+    raw = await read_body(request, limit, "max_upload_body")
     try:
         fields = form_fields(content_type, raw, frozenset({"model", "keep_alive"}))
     except MultipartError as exc:

@@ -39,7 +39,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 #: Request body limit of the worker servers (audio uploads are the largest).
-MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_BODY_BYTES = 1024 * 1024 * 1024  # the router enforces the configured limits
 
 
 class ModelServer(Generic[T]):
