@@ -97,11 +97,19 @@ async def test_unload_waits_for_in_flight_unless_forced(start_server: StartServe
     code, lines = await stream
     assert code == 200 and lines[-1] == b"[DONE]", "a graceful unload never cuts a stream"
 
-    stream = asyncio.create_task(run.stream("b", max_tokens=400))
-    await eventually(lambda: run.supervisor.workers["b"].inflight == 1, what="b in flight again")
-    status, data = await post_json(run, "/api/models/b/unload?force=true")
-    assert status == 200 and data["forced"] is True
-    code, lines = await stream
+    # Forced while the stream runs (its first event came back): the client gets an SSE error.
+    body = {"model": "b", "stream": True, "max_tokens": 400,
+            "messages": [{"role": "user", "content": "go"}]}  # fmt: skip
+    lines = []
+    async with run.http.post("/v1/chat/completions", json=body) as r:
+        assert r.status == 200
+        async for line in r.content:
+            if not line.startswith(b"data: "):
+                continue
+            lines.append(line[6:].strip())
+            if len(lines) == 1:
+                status, data = await post_json(run, "/api/models/b/unload?force=true")
+                assert status == 200 and data["forced"] is True
     assert lines[-1] != b"[DONE]"
     assert "force-unloaded" in json.loads(lines[-1])["error"]["message"]
 

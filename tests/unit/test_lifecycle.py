@@ -407,3 +407,17 @@ async def test_an_unload_voided_by_a_crash_does_not_drain_the_next_load(make) ->
     await h.sup.load("a")
     await h.settle()
     assert h.state("a") is S.READY, "a stale unload request drained the fresh worker"
+
+
+async def test_files_claimed_for_deletion_block_starts_in_one_step(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"])
+    worker = h.sup.workers["a"]
+    assert worker.claim_files("its files are being deleted")
+    assert not worker.claim_files("twice"), "one claim at a time"
+    with pytest.raises(WorkerStartError) as caught:
+        await h.sup.load("a")
+    assert caught.value.code == "files_busy" and "being deleted" in str(caught.value)
+    assert h.launcher.launched == []
+    worker.release_files()
+    await h.sup.load("a")
+    assert not worker.claim_files("while loaded"), "a running model's files are not claimable"

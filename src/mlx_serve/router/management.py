@@ -175,23 +175,26 @@ async def delete_files(request: web.Request) -> web.Response:
 
     name = _configured(request)
     worker = request.app[SUPERVISOR].workers[name]
-    if worker.state in RESIDENT:
-        raise ApiError(409, f"model {name!r} is loaded; unload it first", code="model_loaded")
     path = worker.model.path
     local = path.startswith("/")  # the config resolved every local path to an absolute one
+    if local and request.query.get("local", "").lower() not in ("1", "true", "yes"):
+        raise ApiError(
+            400,
+            f"model {name!r} is a local directory ({path}); add ?local=true to delete it",
+            code="local_model",
+        )
+    # Checked and claimed in one step: no request can start the model while its files go.
+    if not worker.claim_files(f"its files are being deleted ({path})"):
+        raise ApiError(409, f"model {name!r} is loaded; unload it first", code="model_loaded")
     try:
         if local:
-            if request.query.get("local", "").lower() not in ("1", "true", "yes"):
-                raise ApiError(
-                    400,
-                    f"model {name!r} is a local directory ({path}); add ?local=true to delete it",
-                    code="local_model",
-                )
             freed = await asyncio.to_thread(hub.delete_local, Path(path))
         else:
             freed = await asyncio.to_thread(hub.delete_cached, path)
     except hub.HubError as exc:
         raise _hub_error(exc) from exc
+    finally:
+        worker.release_files()
     request.app[SUPERVISOR].events.emit("model.deleted", name, path=path, freed_bytes=freed)
     return web.json_response({"name": name, "deleted": path, "freed_bytes": freed})
 

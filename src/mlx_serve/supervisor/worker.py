@@ -107,6 +107,7 @@ class ManagedWorker:
         self.port: int | None = None
         self.proc: WorkerProcess | None = None
         self.footprint = Footprint()
+        self.files_busy: str | None = None  # why starts are refused right now (hold_files)
         self.slots = asyncio.Semaphore(model.max_concurrency or server.max_concurrency)
         self._lock = asyncio.Lock()
         self._exited = asyncio.Event()
@@ -221,7 +222,24 @@ class ManagedWorker:
         async with self._lock:
             if self.state in (S.READY, S.DRAINING):
                 return
+            if self.files_busy is not None:
+                raise WorkerStartError(self.name, self.files_busy, code="files_busy")
             await self._start()
+
+    def claim_files(self, why: str) -> bool:
+        """Keep this model from starting while its files change (deleted, replaced).
+
+        One decision, no await between check and claim: False if a process runs now (or
+        another claim holds); otherwise every start fails at once with ``why`` instead of
+        loading half-deleted files, until :meth:`release_files`.
+        """
+        if self.state not in DOWN or self.files_busy is not None:
+            return False
+        self.files_busy = why
+        return True
+
+    def release_files(self) -> None:
+        self.files_busy = None
 
     async def _start(self) -> None:
         if self.pending_model is not None:
