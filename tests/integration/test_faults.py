@@ -136,3 +136,26 @@ async def test_crash_while_idle_is_noticed_without_a_request(start_server: Start
     await eventually(lambda: run.kinds("worker.crashed") != [], what="crash event")
     assert run.supervisor.workers["m"].state.value == "failed"
     assert (await run.chat("m"))[0] == 200
+
+
+async def test_a_wedged_worker_is_found_by_the_liveness_probe_and_restarted(
+    start_server: StartServer,
+) -> None:
+    """Alive, /health fine, but completions never answer again (mlx_lm's generation thread
+    dead): the periodic real probe finds it, kills it, and the next request gets a new one."""
+    run = await start_server(
+        {"wedge": fake({"hang_after_requests": 2})},
+        drivers=FAKE,
+        liveness_interval="200ms",
+        liveness_timeout="300ms",
+        stop_timeout="500ms",
+    )
+    status, _ = await run.chat("wedge")  # the readiness probe was request 1, this is 2
+    assert status == 200
+    worker = run.supervisor.workers["wedge"]
+    first = worker.pid
+    await eventually(lambda: run.kinds("worker.unresponsive") != [], what="the wedge noticed")
+    await eventually(lambda: worker.state.value == "failed", what="killed")
+    assert "stopped answering" in (worker.last_error or "")
+    status, _ = await run.chat("wedge")
+    assert status == 200 and worker.pid not in (None, first)

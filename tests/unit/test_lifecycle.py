@@ -421,3 +421,59 @@ async def test_files_claimed_for_deletion_block_starts_in_one_step(make) -> None
     worker.release_files()
     await h.sup.load("a")
     assert not worker.claim_files("while loaded"), "a running model's files are not claimable"
+
+
+async def test_a_crash_loop_backs_off_and_a_reload_starts_over(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"])
+    for attempt in range(2):  # the first failure is retried at once; the second backs off
+        await h.sup.load("a")
+        h.launcher.launched[-1].exit(1)
+        await eventually(lambda: h.state("a") is S.FAILED, what=f"crash {attempt}")
+    worker = h.sup.workers["a"]
+    assert worker.failures == 2
+    with pytest.raises(WorkerStartError) as caught:
+        await h.sup.load("a")
+    assert caught.value.code == "backoff" and caught.value.retry_after == pytest.approx(2.0)
+    assert "2 times in a row" in str(caught.value)
+    assert len(h.launcher.launched) == 2, "no process while backing off"
+    h.poke(2.5)  # the backoff ran out: tried again
+    await h.sup.load("a")
+    assert h.state("a") is S.READY and worker.failures == 2  # until it has run a while
+    h.poke(120)  # ...which it now has: its next crash starts a new series
+    h.launcher.launched[-1].exit(1)
+    await eventually(lambda: h.state("a") is S.FAILED, what="a late crash")
+    assert worker.failures == 1 and worker.retry_at <= h.clock.now()
+    await h.sup.load("a")
+    # Fail twice more, then a config change (the fix) lets the next start through at once.
+    for _ in range(2):
+        h.launcher.launched[-1].exit(1)
+        await eventually(lambda: h.state("a") is S.FAILED, what="failed")
+        with contextlib.suppress(WorkerStartError):
+            await h.sup.load("a")
+    assert worker.failures >= 2 and worker.retry_at > h.clock.now()
+    worker.update_model(worker.model)
+    await h.sup.load("a")
+    assert h.state("a") is S.READY
+
+
+async def test_a_loaded_worker_that_stops_answering_is_killed_and_restarted(make) -> None:  # type: ignore[no-untyped-def]
+    h = await make(["a"])
+    await h.sup.load("a")
+    assert await h.sup.check_liveness() == {"a": True}
+    first = h.launcher.launched[0]
+    first.ready = False  # alive, but no longer answers a probe
+    assert await h.sup.check_liveness() == {"a": False}
+    assert h.state("a") is S.READY, "one miss is not enough"
+    assert await h.sup.check_liveness() == {"a": False}
+    await eventually(lambda: h.state("a") is S.FAILED, what="killed after two misses")
+    assert first.signals[0] == SIGKILL  # (the exit watcher kills the group again: harmless)
+    (event,) = h.kinds("worker.unresponsive")
+    assert event["misses"] == 2
+    assert "stopped answering" in (h.sup.workers["a"].last_error or "")
+    await h.sup.load("a")
+    assert h.state("a") is S.READY and len(h.launcher.launched) == 2
+    # A busy worker is not probed (its requests show it is alive, or will time out alone).
+    release, task = await h.hold("a")
+    assert await h.sup.check_liveness() == {}
+    release.set()
+    await task

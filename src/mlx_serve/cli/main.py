@@ -18,7 +18,15 @@ from mlx_serve.cli.commands import ConfigOpt
 from mlx_serve.cli.service_cmd import build_app as build_service_app
 from mlx_serve.config import ConfigError, example_config_text, find_config_path, load_config
 from mlx_serve.paths import home_dir
-from mlx_serve.pidfile import remove_pid, running_pid, write_pid
+from mlx_serve.pidfile import (
+    AlreadyRunning,
+    acquire_lock,
+    lock_path,
+    pid_path,
+    remove_pid,
+    running_pid,
+    write_pid,
+)
 
 app = typer.Typer(
     name="mlx-serve",
@@ -98,28 +106,66 @@ def start(
     except ConfigError as exc:
         raise _fail(str(exc), 2) from exc
     data_dir = cfg.server.data_dir or home_dir()
-    running = running_pid(data_dir)
-    if running is not None:
-        raise _fail(f"mlx-serve is already running (pid {running}); `mlx-serve stop` first")
-    if detach:
-        _start_detached(path, data_dir, host=host, port=port, verbose=verbose)
-        return
-    from mlx_serve.server import serve
-
-    _setup_logging(verbose)
+    # One decision, before anything else: whoever holds the data dir's lock is the server. It
+    # is held until this process exits; the OS drops it even on SIGKILL, so nothing is stale.
     try:
-
-        def ready(_handle: object) -> None:
-            # The pid file appears once the server listens: `start --detach` waits for it.
-            write_pid(data_dir)
-
-        asyncio.run(serve(cfg, data_dir=data_dir, host=host, port=port, on_ready=ready))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        pass
+        lock = acquire_lock(data_dir)
+    except AlreadyRunning as exc:
+        raise _fail(f"{exc}; `mlx-serve stop` first") from exc
     except OSError as exc:
-        raise _fail(f"could not start the server: {exc}") from exc
-    finally:
-        remove_pid(data_dir)
+        raise _fail(f"could not lock {lock_path(data_dir)}: {exc}") from exc
+    with lock:
+        if running_pid(data_dir) is None:
+            # Left by a server that was killed: nobody else holds the lock, nobody serves.
+            pid_path(data_dir).unlink(missing_ok=True)
+        try:
+            _check_port(host or cfg.server.host, cfg.server.port if port is None else port)
+        except OSError as exc:
+            # Before any worker starts: a taken port fails here, not after a preload began.
+            raise _fail(f"could not start the server: {exc}") from exc
+        if detach:
+            lock.release()  # the background server takes it (or fails, if another start won)
+            _start_detached(path, data_dir, host=host, port=port, verbose=verbose)
+            return
+        from mlx_serve.server import serve
+
+        _setup_logging(verbose)
+        try:
+
+            def ready(_handle: object) -> None:
+                # The pid file appears once the server listens: `start --detach` waits for it.
+                write_pid(data_dir)
+
+            asyncio.run(serve(cfg, data_dir=data_dir, host=host, port=port, on_ready=ready))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            pass
+        except OSError as exc:
+            raise _fail(f"could not start the server: {exc}") from exc
+        finally:
+            remove_pid(data_dir)  # before the lock goes: the next server's file is its own
+
+
+def _check_port(host: str, port: int) -> None:
+    """Raise OSError (as the server's own bind would) if ``host:port`` cannot be bound, e.g.
+    because another program listens on it. Binds like asyncio's server: SO_REUSEADDR, every
+    address the host resolves to, IPv6 sockets v6-only."""
+    import socket
+
+    if port == 0:
+        return
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    for family, kind, proto, _, addr in dict.fromkeys(infos):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                reason = (exc.strerror or str(exc)).lower()
+                raise OSError(
+                    exc.errno, f"error while attempting to bind on address {addr!r}: {reason}"
+                ) from None
 
 
 def _start_detached(

@@ -210,6 +210,11 @@ class ServerConfig(BaseModel):
     """How long a worker may take to load its model and become ready."""
     stop_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     """Grace period for a worker to exit before it is killed."""
+    liveness_interval: Annotated[Duration, Field(ge=0)] = 30.0
+    """How often an idle loaded model is asked for a one-token answer (0 = never); one that
+    misses two in a row is killed and restarted on the next request."""
+    liveness_timeout: Annotated[Duration, Field(gt=0)] = 15.0
+    """How long a liveness probe may take before it counts as missed."""
     queue_limit: PositiveInt = 256
     """Maximum number of requests waiting for a model; beyond it clients get 503."""
     max_concurrency: PositiveInt = 8

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -200,6 +201,9 @@ def lifecycle_error(exc: QueueFull | WorkerStartError | ShuttingDown) -> ApiErro
         return ApiError(503, "mlx-serve is shutting down", code="shutting_down")
     if exc.code == "insufficient_memory":  # retrying will not help: 507, no Retry-After
         return ApiError(507, str(exc), code=exc.code)
+    if exc.retry_after is not None:  # a crash loop backing off: when to try again
+        retry = str(max(1, math.ceil(exc.retry_after)))
+        return ApiError(503, str(exc), code=exc.code, headers={"Retry-After": retry})
     return ApiError(503, str(exc), code="model_unavailable", headers={"Retry-After": RETRY_AFTER})
 
 

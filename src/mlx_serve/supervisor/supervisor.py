@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from mlx_serve.supervisor.states import RESIDENT, WorkerState
 from mlx_serve.supervisor.worker import ManagedWorker, WorkerStartError
 from mlx_serve.workers.process import Launcher, SubprocessLauncher
 from mlx_serve.workers.registry import default_drivers
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mlx_serve.config import Config, ModelConfig, ModelType, ServerConfig
@@ -105,6 +108,7 @@ class Supervisor:
             stop_timeout=min(config.server.stop_timeout, 5.0),
         )
         self._spare_task: asyncio.Task[None] | None = None
+        self._liveness_task: asyncio.Task[None] | None = None
         for name, model in config.models.items():
             self.add_worker(name, model)
         server = config.server
@@ -218,6 +222,9 @@ class Supervisor:
         )
         self.configure_spares()
         self._spare_task = asyncio.get_running_loop().create_task(self.spares.run(), name="spares")
+        self._liveness_task = asyncio.get_running_loop().create_task(
+            self._watch_liveness(), name="liveness"
+        )
         budget = self.budget
         self.events.emit(
             "supervisor.started",
@@ -232,6 +239,26 @@ class Supervisor:
             asyncio.get_running_loop().create_task(
                 self._preload(preload if cap is None else preload[:cap]), name="preload"
             )
+
+    async def check_liveness(self) -> dict[str, bool | None]:
+        """Probe every idle loaded worker once (concurrently); what each answered."""
+        idle = [w for w in self.workers.values() if w.state is WorkerState.READY and not w.inflight]
+        results = await asyncio.gather(*(w.check_alive() for w in idle), return_exceptions=True)
+        return {
+            w.name: r if isinstance(r, bool) or r is None else False
+            for w, r in zip(idle, results, strict=True)
+        }
+
+    async def _watch_liveness(self) -> None:
+        """Every ``server.liveness_interval`` (read anew each time: a reload may change it)."""
+        while True:
+            interval = self.config.server.liveness_interval
+            await asyncio.sleep(interval if interval > 0 else 5.0)
+            if interval > 0:
+                try:
+                    await self.check_liveness()
+                except Exception:
+                    log.exception("liveness check failed")
 
     async def _sample(self) -> None:
         """Measure loaded workers and spares; re-estimate unloaded models."""
@@ -253,7 +280,8 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Refuse new work, stop every worker (SIGTERM -> grace -> SIGKILL), wait for all."""
         await self.scheduler.close()
-        for task in (self._loop_task, self._sampler_task, self._spare_task):
+        tasks = (self._loop_task, self._sampler_task, self._spare_task, self._liveness_task)
+        for task in tasks:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

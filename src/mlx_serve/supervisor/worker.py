@@ -46,12 +46,32 @@ PROBE_INTERVAL = 0.02
 #: Longest wait for an idle worker to exit after SIGTERM before its group is SIGKILLed.
 IDLE_STOP_GRACE = 2.0
 
+#: Liveness probes in a row a loaded worker may miss before it is killed and restarted.
+LIVENESS_MISSES = 2
+
+#: Crash-loop backoff: after the second failure in a row, starts wait 2, 4, 8 ... seconds,
+#: at most this long (a request meanwhile gets a 503 with Retry-After at once).
+MAX_BACKOFF = 60.0
+#: A worker that ran this long before it crashed was not crash-looping (as supervisord's
+#: ``startsecs``): its crash counts as the first failure of a new series.
+STABLE_AFTER = 60.0
+
 
 class WorkerStartError(Exception):
     """The worker could not be made ready; ``reason`` says why, ``log_tail`` shows its output."""
 
-    def __init__(self, name: str, reason: str, log_tail: str = "", *, code: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        reason: str,
+        log_tail: str = "",
+        *,
+        code: str = "",
+        retry_after: float | None = None,
+    ) -> None:
         verb = "cannot be loaded" if code == "insufficient_memory" else "failed to start"
+        if code == "backoff":
+            verb = "is not started again yet"
         message = f"model {name!r} {verb}: {reason}"
         if log_tail:
             message += f"\n--- last lines of its log ---\n{log_tail}"
@@ -59,7 +79,8 @@ class WorkerStartError(Exception):
         self.name = name
         self.reason = reason
         self.log_tail = log_tail
-        self.code = code  # "insufficient_memory" when the load guard refused it
+        self.code = code  # "insufficient_memory" (load guard), "backoff", "files_busy"
+        self.retry_after = retry_after  # seconds, when retrying later can help
 
 
 class ManagedWorker:
@@ -107,7 +128,12 @@ class ManagedWorker:
         self.port: int | None = None
         self.proc: WorkerProcess | None = None
         self.footprint = Footprint()
-        self.files_busy: str | None = None  # why starts are refused right now (hold_files)
+        self.files_busy: str | None = None  # why starts are refused right now (claim_files)
+        self.failures = 0  # failed starts, and crashes within STABLE_AFTER of one, in a row
+        self.ready_since = 0.0
+        self.retry_at = 0.0  # monotonic: no start before this (crash-loop backoff)
+        self._missed_probes = 0
+        self._kill_reason: str | None = None  # why the supervisor killed a running worker
         self.slots = asyncio.Semaphore(model.max_concurrency or server.max_concurrency)
         self._lock = asyncio.Lock()
         self._exited = asyncio.Event()
@@ -166,7 +192,9 @@ class ManagedWorker:
 
     def update_model(self, model: ModelConfig) -> bool:
         """Take a changed config for this model. Settings the process was started with wait
-        for the next start while it runs: returns True when it must restart to apply them."""
+        for the next start while it runs: returns True when it must restart to apply them.
+        A changed config may be the fix for a crash loop: the backoff starts over."""
+        self.failures, self.retry_at = 0, 0.0
         if self.state in RESIDENT:
             self.pending_model = model
             return True
@@ -196,6 +224,44 @@ class ManagedWorker:
         if self.state in RESIDENT:
             self.footprint = self.footprint.sampled(measured_bytes)
 
+    async def check_alive(self) -> bool | None:
+        """Probe an idle loaded worker once, as readiness does (a real answer, not /health).
+
+        True: it answered. False: it did not within ``liveness_timeout``; after
+        :data:`LIVENESS_MISSES` misses in a row its process group is killed, which the exit
+        watcher reports as a crash (the next request starts it again). None: not checked
+        (not READY, busy, or it changed while the probe ran).
+        """
+        proc = self.proc
+        if self.state is not S.READY or self.inflight or proc is None:
+            return None
+        timeout = self.server.liveness_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                answered = (
+                    await self.driver.probe(self._http(), self.base_url, self.model, timeout)
+                    is not None
+                )
+        except (TimeoutError, ProbeError, aiohttp.ClientError):
+            answered = False
+        if self.proc is not proc or self.state is not S.READY:
+            return None
+        if answered:
+            self._missed_probes = 0
+            return True
+        self._missed_probes += 1
+        if self._missed_probes >= LIVENESS_MISSES:
+            self._kill_reason = (
+                f"the worker stopped answering ({self._missed_probes} liveness probes got "
+                f"no answer within {timeout:g}s); it was killed"
+            )
+            self._events.emit(
+                "worker.unresponsive", self.name, pid=proc.pid, misses=self._missed_probes,
+                timeout_s=timeout,
+            )  # fmt: skip
+            proc.signal_group(SIGKILL)
+        return False
+
     # ----------------------------------------------------------- transitions
 
     def _change_state(self, new: WorkerState, **data: Any) -> None:
@@ -224,6 +290,15 @@ class ManagedWorker:
                 return
             if self.files_busy is not None:
                 raise WorkerStartError(self.name, self.files_busy, code="files_busy")
+            wait = self.retry_at - self._clock.now()
+            if wait > 0:
+                raise WorkerStartError(
+                    self.name,
+                    f"it failed {self.failures} times in a row (last: {self.last_error}); "
+                    f"the next attempt is in {wait:.0f}s, or at once after a config reload",
+                    code="backoff",
+                    retry_after=wait,
+                )
             await self._start()
 
     def claim_files(self, why: str) -> bool:
@@ -254,7 +329,8 @@ class ManagedWorker:
         except WorkerStartError as exc:
             if self.proc is not None:
                 await self._kill_group(self.proc)
-            self._fail(exc.reason, log_tail=exc.log_tail)
+            # A refusal before any process ran (memory) is not a crash: no backoff for it.
+            self._fail(exc.reason, log_tail=exc.log_tail, crashed=not exc.code)
             raise
         except BaseException as exc:
             # Cancelled (shutdown) or a bug: never leave a process or a STARTING state behind,
@@ -274,6 +350,8 @@ class ManagedWorker:
         self.loaded_at = self._clock.wall()
         self.last_used = self._clock.now()
         self.last_error = None
+        self.retry_at, self._missed_probes = 0.0, 0
+        self.ready_since = self._clock.now()
         load_s = self._clock.now() - started
         self._change_state(S.READY, pid=self.proc.pid, port=self.port)  # STARTING -> READY
         self._events.emit(
@@ -396,9 +474,15 @@ class ManagedWorker:
             if probe is not None:
                 probe.cancel()  # cancelled mid-probe (shutdown): no orphan request
 
-    def _fail(self, reason: str, *, log_tail: str = "") -> None:
+    def _fail(self, reason: str, *, log_tail: str = "", crashed: bool = True) -> None:
         self.last_error = reason
-        self._change_state(S.FAILED, reason=reason, log_tail=log_tail)  # * -> FAILED
+        self.failures += crashed
+        if crashed and self.failures >= 2:  # one quick retry for a transient failure, then back off
+            delay = min(MAX_BACKOFF, 2.0 ** (self.failures - 1))
+            self.retry_at = self._clock.now() + delay
+        self._change_state(
+            S.FAILED, reason=reason, log_tail=log_tail, failures=self.failures
+        )  # * -> FAILED
 
     async def _watch_exit(self, proc: WorkerProcess) -> None:
         code = await proc.wait()
@@ -413,8 +497,12 @@ class ManagedWorker:
             self.loaded_at = None
             self.keep_alive = None
             self.footprint = self.footprint.unloaded()
+            if self._clock.now() - self.ready_since >= STABLE_AFTER:
+                self.failures = 0  # it ran long enough: this crash starts a new count
+            reason = self._kill_reason or f"the worker exited with code {code}"
+            self._kill_reason = None
             self._events.emit("worker.crashed", self.name, exit_code=code, log_tail=tail)
-            self._fail(f"the worker exited with code {code}", log_tail=tail)
+            self._fail(reason, log_tail=tail)
 
     # ------------------------------------------------------------------ stop
 

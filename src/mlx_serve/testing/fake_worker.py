@@ -33,6 +33,10 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
     p.add_argument("--tokens", type=int, default=8, help="tokens per answer by default")
+    p.add_argument(
+        "--hang-after-requests", type=int, default=None,
+        help="answer this many completions, then never answer one again (/health still does)",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -50,7 +54,7 @@ def _chunk(args: argparse.Namespace, kind: str, text: str, finish: str | None) -
 
 def make_app(args: argparse.Namespace) -> web.Application:
     loaded = asyncio.Event()
-    served = {"tokens": 0}
+    served = {"tokens": 0, "requests": 0}
 
     async def load() -> None:
         if args.never_ready:
@@ -68,6 +72,9 @@ def make_app(args: argparse.Namespace) -> web.Application:
         body = await request.json()
         kind = "chat" if request.path.endswith("chat/completions") else "text"
         await loaded.wait()
+        served["requests"] += 1
+        if args.hang_after_requests is not None and served["requests"] > args.hang_after_requests:
+            await asyncio.Event().wait()  # wedged, like a dead generation thread
         n = int(body.get("max_tokens") or args.tokens)
         pid = os.getpid()
         words = [f"tok{i}" for i in range(n)]
