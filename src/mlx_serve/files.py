@@ -3,11 +3,40 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["append_line", "atomic_write", "warn_storage_once"]
+
+log = logging.getLogger("mlx_serve")
+_warned: set[str] = set()
+
+
+def warn_storage_once(what: str, path: Path, exc: OSError) -> None:
+    """Log (once per ``what`` for the life of the process) that a file could not be written.
+
+    A full disk or an unwritable data dir must not take the server down: logs, events and
+    learned footprints are worth less than answering requests. But the user must hear of it,
+    once, not on every request.
+    """
+    if what in _warned:
+        return
+    _warned.add(what)
+    log.warning("cannot write %s (%s): %s; serving goes on without it", what, path, exc)
+
+
+def append_line(path: Path, line: str, *, what: str) -> bool:
+    """Append ``line`` to ``path`` (creating its directory); False, warned once, on failure."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as out:
+            out.write(line)
+    except OSError as exc:
+        warn_storage_once(what, path, exc)
+        return False
+    return True
 
 
 def atomic_write(path: Path, data: bytes, mode: int) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -159,3 +160,35 @@ async def test_a_wedged_worker_is_found_by_the_liveness_probe_and_restarted(
     assert "stopped answering" in (worker.last_error or "")
     status, _ = await run.chat("wedge")
     assert status == 200 and worker.pid not in (None, first)
+
+
+async def test_an_unwritable_data_dir_costs_logs_not_requests(
+    start_server: StartServer,
+    tiny_models: dict[str, Path],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worker logs that cannot be created and an event log on a full disk: requests (and
+    swaps, which start workers) go on; each problem is warned about once."""
+    import mlx_serve.files
+    from mlx_serve.observability.event_log import EventLogFile
+
+    monkeypatch.setattr(mlx_serve.files, "_warned", set())
+    models = {n: {"type": "text", "path": str(tiny_models[n])} for n in ("a", "b")}
+    run = await start_server(models)
+    data = run.supervisor.data_dir
+    if (data / "logs").is_dir():
+        (data / "logs").rename(data / "logs.moved")
+    (data / "logs").write_text("a file where the log directory was\n")  # ENOTDIR, even as root
+    sinks = [s for s in run.supervisor.events._listeners if isinstance(s, EventLogFile)]
+    assert sinks and sinks[0]._handler is not None
+    handler = sinks[0]._handler
+    handler.stream.close()  # type: ignore[attr-defined]
+    handler.stream = open("/dev/full", "w")  # type: ignore[attr-defined] # noqa: ASYNC230, PTH123, SIM115
+
+    for model in ("a", "b", "a"):  # two swaps: three worker starts without a log directory
+        status, body = await run.chat(model, max_tokens=2)
+        assert status == 200, body
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("cannot write worker logs" in w for w in warnings) == 1, warnings
+    assert sum("cannot write the event log" in w for w in warnings) == 1, warnings

@@ -6,11 +6,14 @@ Together with the in-memory ring (for queries and the dashboard) and the SSE str
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
+import sys
 from pathlib import Path
 
+from mlx_serve.files import warn_storage_once
 from mlx_serve.supervisor.events import Event
 
 MAX_BYTES = 10 * 2**20
@@ -21,20 +24,39 @@ class EventLogFile:
     """A listener that appends each event to ``events.jsonl`` (rotated at 10 MiB, 3 kept)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
-        )
-        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._handler: logging.Handler | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._handler = _QuietRotatingHandler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS,
+                                                  encoding="utf-8")  # fmt: skip
+            self._handler.setFormatter(logging.Formatter("%(message)s"))
+        except OSError as exc:
+            warn_storage_once("the event log", path, exc)  # serve without it
 
     def __call__(self, event: Event) -> None:
+        if self._handler is None:
+            return
         line = json.dumps(event.to_json(), default=str, separators=(",", ":"))
         record = logging.LogRecord("mlx_serve.events", logging.INFO, "", 0, line, None, None)
         self._handler.emit(record)
 
     def close(self) -> None:
-        self._handler.close()
+        if self._handler is not None:
+            with contextlib.suppress(OSError):  # the last flush, on a full disk
+                self._handler.close()
+
+
+class _QuietRotatingHandler(logging.handlers.RotatingFileHandler):
+    """A failed write (disk full) is warned about once, not printed with a traceback per
+    event as :meth:`logging.Handler.handleError` would."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            warn_storage_once("the event log", Path(self.baseFilename), exc)
+        else:
+            super().handleError(record)
 
 
 def read_events(path: Path, limit: int = 1000) -> list[dict[str, object]]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from mlx_serve.files import append_line
 from mlx_serve.observability.memory import tree_rss_bytes
 from mlx_serve.workers.base import SpareContext, SpareDriver, spare_support
 from mlx_serve.workers.process import SIGKILL, SIGTERM, free_port, read_log_tail
@@ -198,9 +199,8 @@ class SparePool:
         ctx = SpareContext(host=self._host, port=port, log_path=log_path, python=sys.executable)
         try:
             spec = driver.spare_spec(ctx)
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with log_path.open("a") as out:
-                out.write(f"\n=== mlx-serve: spare {kind.value}: {' '.join(spec.argv)}\n")
+            header = f"\n=== mlx-serve: spare {kind.value}: {' '.join(spec.argv)}\n"
+            append_line(log_path, header, what="worker logs")
             proc = await self._launcher.launch(spec)
         except OSError as exc:
             self._failed(kind, f"could not spawn a spare: {exc}")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from mlx_serve.files import append_line
 from mlx_serve.residency.footprint import Footprint
 from mlx_serve.supervisor.states import DOWN, RESIDENT, WorkerState, check_transition
 from mlx_serve.workers.base import LaunchContext, ProbeError, WorkerDriver
@@ -391,9 +392,8 @@ class ManagedWorker:
         )
         try:
             spec = self.driver.launch_spec(context)
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.log_path.open("a") as log:
-                log.write(f"\n=== mlx-serve: starting {self.name}: {' '.join(spec.argv)}\n")
+            header = f"\n=== mlx-serve: starting {self.name}: {' '.join(spec.argv)}\n"
+            append_line(self.log_path, header, what="worker logs")
             proc = await self._launcher.launch(spec)
         except OSError as exc:
             raise WorkerStartError(self.name, f"could not spawn the worker: {exc}") from exc
@@ -408,13 +408,12 @@ class ManagedWorker:
         self.proc, self.port, self.output_log = spare.proc, spare.port, spare.log_path
         self._exited = asyncio.Event()
         self.exit_code = None
-        with contextlib.suppress(OSError):
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.log_path.open("a") as log:
-                log.write(
-                    f"\n=== mlx-serve: {self.name} runs in spare pid {spare.proc.pid} "
-                    f"(its output: {spare.log_path})\n"
-                )
+        append_line(
+            self.log_path,
+            f"\n=== mlx-serve: {self.name} runs in spare pid {spare.proc.pid} "
+            f"(its output: {spare.log_path})\n",
+            what="worker logs",
+        )
         asyncio.get_running_loop().create_task(
             self._watch_exit(spare.proc), name=f"watch-{self.name}"
         )

@@ -17,7 +17,9 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from mlx_serve.files import warn_storage_once
 
 
 @dataclass(frozen=True)
@@ -81,13 +83,19 @@ class SubprocessLauncher:
     """The real launcher: ``asyncio`` subprocess, new session, output appended to a log file."""
 
     async def launch(self, spec: LaunchSpec) -> WorkerProcess:
-        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **spec.env}
-        with spec.log_path.open("ab") as log:
+        with contextlib.ExitStack() as stack:
+            try:
+                spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+                out: Any = stack.enter_context(spec.log_path.open("ab"))
+            except OSError as exc:
+                # A full disk or unwritable data dir costs the log, not the model.
+                warn_storage_once("worker logs", spec.log_path, exc)
+                out = asyncio.subprocess.DEVNULL
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv,
                 stdin=asyncio.subprocess.PIPE,  # the guard pipe, see module docstring
-                stdout=log,
+                stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
                 env=env,
