@@ -125,3 +125,34 @@ async def test_second_signal_cuts_the_drain_but_not_the_worker_stop(
     assert gone(workers)
     events = (tmp_path / "data" / "events.jsonl").read_text()
     assert '"reason":"shutdown"' in events, "the workers were stopped and it was recorded"
+
+
+async def test_sigterm_lets_running_streams_finish(server: ServerProcess, tmp_path: Path) -> None:
+    """One SIGTERM while a stream runs: the stream ends with [DONE] (the drain waits for it),
+    the port stops accepting, and the server exits 0 with no worker left."""
+    workers = await load_model(server)
+    body = {"model": "tiny", "stream": True, "max_tokens": 300,
+            "messages": [{"role": "user", "content": "go"}]}  # fmt: skip
+    lines: list[bytes] = []
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(server.url + "/v1/chat/completions", json=body) as resp,
+    ):
+        assert resp.status == 200
+        async for line in resp.content:
+            if not line.startswith(b"data: "):
+                continue
+            lines.append(line[6:].strip())
+            if len(lines) == 1:
+                server.proc.send_signal(signal.SIGTERM)
+                await eventually(
+                    lambda: "received SIGTERM, stopping" in server.log.read_text(),
+                    what="the signal",
+                )
+                with pytest.raises(aiohttp.ClientConnectionError):  # no new work
+                    async with aiohttp.ClientSession() as other:
+                        await other.get(server.url + "/v1/models")
+    assert lines[-1] == b"[DONE]", "the running stream was cut"
+    code = await asyncio.to_thread(server.proc.wait, 30)
+    assert code == 0, server.log.read_text()
+    assert gone(workers)
