@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import psutil
 import pytest
 
 from mlx_serve.config import ModelType
@@ -113,19 +114,35 @@ async def test_waiter_that_disconnects_leaves_the_queue(start_server: StartServe
     assert [e.data["status"] for e in cancelled] == [499]  # logged like Ollama does
 
 
+def established(pid: int) -> int:
+    """TCP connections the worker has open (not its listening socket)."""
+    return sum(
+        c.status == psutil.CONN_ESTABLISHED for c in psutil.Process(pid).net_connections("tcp")
+    )
+
+
 async def test_client_disconnect_mid_stream_aborts_upstream(start_server: StartServer) -> None:
     run = await start_server({"slow": fake({"token_delay": 0.05})}, drivers=FAKE)
+    assert (await run.chat("slow", max_tokens=1))[0] == 200
+    worker = run.supervisor.workers["slow"]
+    assert worker.pid is not None
+    pooled = established(worker.pid)  # the router's idle keep-alive connections
+    tasks_before = len(asyncio.all_tasks())
     body = {"model": "slow", "stream": True, "max_tokens": 1000,
             "messages": [{"role": "user", "content": "x"}]}  # fmt: skip
-    async with aiohttp.ClientSession() as other:
-        resp = await other.post(run.url + "/v1/chat/completions", json=body)
-        await resp.content.readline()
-        resp.close()
-    worker = run.supervisor.workers["slow"]
-    await eventually(lambda: worker.inflight == 0, what="the request released its lease")
-    request = next(e for e in run.events if e.kind == "request")
-    assert request.data["completion_tokens"] < 1000
-    assert request.data["status"] == 499, "a client that left is not a worker failure"
+    for _ in range(5):  # counted over several, so one leaked task or connection shows
+        async with aiohttp.ClientSession() as other:
+            resp = await other.post(run.url + "/v1/chat/completions", json=body)
+            await resp.content.readline()
+            resp.close()
+        await eventually(lambda: worker.inflight == 0, what="the request released its lease")
+        # The stream's upstream connection was closed, not returned to the pool: the worker
+        # saw the client go and stopped generating.
+        await eventually(lambda: established(worker.pid or 0) <= pooled, what="upstream aborted")
+    requests = [e for e in run.events if e.kind == "request"][1:]
+    assert [e.data["status"] for e in requests] == [499] * 5, "a client that left is not a 5xx"
+    assert all(e.data["completion_tokens"] < 1000 for e in requests)
+    await eventually(lambda: len(asyncio.all_tasks()) <= tasks_before, what="no task left behind")
 
 
 async def test_crash_while_idle_is_noticed_without_a_request(start_server: StartServer) -> None:
