@@ -17,6 +17,7 @@ import pytest
 
 from mlx_serve.workers.process import free_port
 from tests.conftest import eventually
+from tests.integration.conftest import cli_server
 
 pytestmark = pytest.mark.slow
 
@@ -156,3 +157,29 @@ async def test_sigterm_lets_running_streams_finish(server: ServerProcess, tmp_pa
     code = await asyncio.to_thread(server.proc.wait, 30)
     assert code == 0, server.log.read_text()
     assert gone(workers)
+
+
+async def test_sigkilled_supervisor_leaves_no_spare_either(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """With prewarm, spare processes run under the same guard: a kill -9 of the supervisor
+    takes the loaded worker and the spare with it."""
+    port = free_port()
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        f"server: {{port: {port}, data_dir: {tmp_path / 'data'}, prewarm: true}}\n"
+        f"models:\n  tiny: {{path: {tiny_models['a']}}}\n"
+    )
+    async with cli_server(config, port, tmp_path, tmp_path / "server.log") as proc:
+        url = f"http://127.0.0.1:{port}"
+        server = ServerProcess(proc, url, tmp_path / "server.log")
+        await load_model(server)  # adopts the first spare; a replacement follows
+
+        def worker_and_spare() -> bool:
+            return sum("mlx_lm" in " ".join(p.cmdline()) for p in server.workers()) >= 2
+
+        await eventually(worker_and_spare, timeout=60, what="a worker and a spare")
+        processes = server.workers()
+        proc.kill()
+        await asyncio.to_thread(proc.wait, 30)
+        await eventually(lambda: gone(processes), timeout=15, what="worker and spare to exit")
