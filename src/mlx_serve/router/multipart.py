@@ -26,7 +26,10 @@ def form_fields(content_type: str, body: bytes, names: frozenset[str]) -> dict[s
     match = _BOUNDARY.search(content_type)
     if match is None:
         raise MultipartError("the multipart Content-Type has no boundary")
-    delimiter = b"--" + (match.group(1) or match.group(2)).encode()
+    try:
+        delimiter = b"--" + (match.group(1) or match.group(2)).encode()
+    except UnicodeEncodeError:  # header bytes that were not UTF-8 (surrogate-escaped)
+        raise MultipartError("the multipart boundary is not valid text") from None
     if delimiter not in body:
         raise MultipartError("the multipart body does not contain its boundary")
     found: dict[str, str] = {}

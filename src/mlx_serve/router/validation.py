@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from typing import Any
 
 from mlx_serve.errors import ApiError
@@ -29,8 +30,18 @@ def _positive_int(body: dict[str, Any], key: str) -> None:
 
 def _number(body: dict[str, Any], key: str) -> None:
     value = body.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise ApiError(400, f"'{key}' must be a number", param=key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+        raise ApiError(400, f"'{key}' must be a finite number", param=key)
+
+
+def _finite(value: float) -> bool:
+    """NaN, infinities and integers too large for a float are not numbers a worker takes."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_stream(body: dict[str, Any]) -> None:

@@ -90,6 +90,22 @@ class SpareDriver(Protocol):
         start. Raises :class:`ProbeError` if the spare refuses."""
 
 
+class ModelByRequestSpare:
+    """Spare support for servers that load whatever model a request names (``mlx_lm server``
+    and ``mlx_vlm.server`` without ``--model``): ready once they answer ``/health``, and
+    nothing to send on adoption: the readiness probe names the model, which loads it."""
+
+    async def spare_ready(
+        self, session: aiohttp.ClientSession, base_url: str, timeout: float
+    ) -> bool:
+        return await http_ok(session, base_url + "/health", timeout)
+
+    async def adopt(
+        self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
+    ) -> None:
+        return None
+
+
 def spare_support(driver: object) -> SpareDriver | None:
     """``driver`` as a :class:`SpareDriver`, or None if it cannot run spares."""
     needed = ("spare_spec", "can_adopt", "spare_ready", "adopt")

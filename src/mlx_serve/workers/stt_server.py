@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from mlx_serve.errors import ApiError
 from mlx_serve.workers import audio_codec
@@ -203,8 +204,8 @@ async def read_form(
                 fields.setdefault(part.name, []).append(value.decode("utf-8", "replace").strip())
     except ApiError:
         raise
-    except (ValueError, AssertionError, RuntimeError) as exc:
-        # aiohttp reports malformed multipart bodies with these.
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
+        # aiohttp reports malformed multipart bodies (and bad part headers) with these.
         raise ApiError(400, f"malformed multipart body: {exc}", code="invalid_multipart") from exc
     return fields, audio
 

@@ -332,6 +332,14 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _finite(value: float) -> bool:
+    """A finite number; an integer too large for a float is not one (OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def parse_speech_request(body: dict[str, Any], *, max_chars: int) -> SpeechRequest:
     """Validate an OpenAI speech body; every mistake is a 400 naming the parameter."""
     text = body.get("input")
@@ -356,7 +364,7 @@ def parse_speech_request(body: dict[str, Any], *, max_chars: int) -> SpeechReque
     speed = body.get("speed", 1.0)
     if speed is None:
         speed = 1.0
-    if isinstance(speed, bool) or not isinstance(speed, int | float) or not math.isfinite(speed):
+    if isinstance(speed, bool) or not isinstance(speed, int | float) or not _finite(speed):
         raise ApiError(400, "'speed' must be a number", param="speed", code="invalid_type")
     if not MIN_SPEED <= speed <= MAX_SPEED:
         raise ApiError(

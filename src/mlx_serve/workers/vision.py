@@ -36,11 +36,11 @@ import aiohttp
 
 from mlx_serve.workers.base import (
     LaunchContext,
+    ModelByRequestSpare,
     ProbeError,
     SpareContext,
     flags_from_args,
     guarded_argv,
-    http_ok,
     spare_argv,
 )
 from mlx_serve.workers.process import LaunchSpec
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from mlx_serve.config import ModelConfig
 
 
-class VisionDriver:
+class VisionDriver(ModelByRequestSpare):
     """Starts ``python -m mlx_vlm.server`` for one model."""
 
     health_path = "/health"
@@ -82,16 +82,6 @@ class VisionDriver:
 
     def can_adopt(self, model: ModelConfig) -> bool:
         return not model.args and model.max_kv_cache_size is None and Path(model.path).is_dir()
-
-    async def spare_ready(
-        self, session: aiohttp.ClientSession, base_url: str, timeout: float
-    ) -> bool:
-        return await http_ok(session, base_url + "/health", timeout)
-
-    async def adopt(
-        self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
-    ) -> None:
-        """Nothing to send: the readiness probe names the model, which loads it."""
 
     async def probe(
         self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
