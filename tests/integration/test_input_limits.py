@@ -37,6 +37,10 @@ async def test_deeply_nested_json_is_a_400(
             status, body = await post_raw(run, path, raw)
             assert status == 400, (path, body)
             assert body["error"]["code"] == "invalid_json"  # type: ignore[index]
+    # Below the parser's own limit, still deeper than any request: refused by the depth cap.
+    moderate = b'{"model": "a", "messages": ' + b"[" * 70 + b"]" * 70 + b"}"
+    status, body = await post_raw(run, "/v1/chat/completions", moderate)
+    assert status == 400 and "deeper than 64" in body["error"]["message"], body  # type: ignore[index]
     assert run.kinds("model.loaded") == []
 
 

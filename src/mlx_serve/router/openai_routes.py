@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -96,6 +96,14 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         ) from exc  # fmt: skip
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    if _deeper_than(body, MAX_JSON_DEPTH):
+        # Parsers recurse: what this process just parsed, a worker with less stack left may
+        # not. No real request nests more than a handful of levels.
+        raise ApiError(
+            400,
+            f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels",
+            code="invalid_json",
+        )
     if _may_hold_surrogates(raw):
         try:
             json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -110,6 +118,27 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
                 400, "the request body is nested too deeply", code="invalid_json"
             ) from exc
     return body
+
+
+#: Deepest JSON nesting forwarded to a worker (chat messages with tool schemas need ~10).
+MAX_JSON_DEPTH = 64
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Does ``value`` nest lists/objects more than ``limit`` levels? (Iterative: no recursion.)"""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def _may_hold_surrogates(raw: bytes) -> bool:
