@@ -209,3 +209,31 @@ async def test_an_unwritable_data_dir_costs_logs_not_requests(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert sum("cannot write worker logs" in w for w in warnings) == 1, warnings
     assert sum("cannot write the event log" in w for w in warnings) == 1, warnings
+
+
+async def test_a_worker_port_taken_meanwhile_is_retried_on_a_fresh_port(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """free_port() picks a port, then another program binds it before the worker does: the
+    worker exits with EADDRINUSE, and the start goes on, once, on a fresh port."""
+    import socket
+
+    import mlx_serve.supervisor.worker as worker_module
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real = worker_module.free_port
+    ports = iter([taken])
+    monkeypatch.setattr(
+        worker_module, "free_port", lambda host="127.0.0.1": next(ports, None) or real(host)
+    )
+    try:
+        run = await start_server({"m": fake()}, drivers=FAKE)
+        status, body = await run.chat("m")
+        assert status == 200, body
+        assert run.kinds("worker.port_taken")[0].data["port"] == taken
+        assert run.supervisor.workers["m"].port != taken
+    finally:
+        squatter.close()

@@ -326,7 +326,17 @@ class ManagedWorker:
         self._change_state(S.STARTING)  # STOPPED/FAILED -> STARTING
         started = self._clock.now()
         try:
-            details = await self._spawn_until_ready(started)
+            try:
+                details = await self._spawn_until_ready(started)
+            except WorkerStartError as exc:
+                if not _lost_port_race(exc):
+                    raise
+                # Another program took the port between free_port() and the worker's bind:
+                # not the model's fault; once more on a fresh port.
+                self._events.emit("worker.port_taken", self.name, port=self.port)
+                if self.proc is not None:
+                    await self._kill_group(self.proc)
+                details = await self._spawn_until_ready(started)
         except WorkerStartError as exc:
             if self.proc is not None:
                 await self._kill_group(self.proc)
@@ -563,6 +573,12 @@ class ManagedWorker:
         """Release the probe session; the process must already be stopped."""
         if self._session is not None:
             await self._session.close()
+
+
+def _lost_port_race(exc: WorkerStartError) -> bool:
+    """Did the worker exit while loading because its port was taken (EADDRINUSE)?"""
+    this_start = exc.log_tail.rsplit("=== mlx-serve:", 1)[-1]  # not an earlier start's lines
+    return "exited" in exc.reason and "already in use" in this_start.lower()
 
 
 def _safe_filename(name: str) -> str:
