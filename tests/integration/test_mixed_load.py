@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from mlx_serve.tiny_models.embedding import embedding_model_dir
-from tests.conftest import eventually
+from tests.conftest import POLL_INTERVAL, eventually
 from tests.integration.conftest import Running, StartServer
 
 pytestmark = pytest.mark.slow
@@ -99,7 +99,7 @@ async def test_mixed_load_loses_and_misroutes_nothing(
         nonlocal most_alive
         while watching:
             most_alive = max(most_alive, live_workers(run))
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(POLL_INTERVAL)  # a sampler, not a wait for a state
 
     fds_before = open_fds()
     watcher = asyncio.create_task(watch())
