@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -141,12 +142,14 @@ def _deeper_than(value: object, limit: int) -> bool:
     return False
 
 
+#: A ``\\uD800``-``\\uDFFF`` escape in JSON text, either case.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def _may_hold_surrogates(raw: bytes) -> bool:
-    """A cheap pre-check: a ``\\uD800``-``\\uDFFF`` escape or UTF-8-encoded surrogate bytes."""
-    if b"\xed" in raw:
-        return True
-    lowered = raw.lower()
-    return any(f"\\ud{c}".encode() in lowered for c in "89abcdef")
+    """A cheap pre-check (one pass, no copy): a surrogate escape, or the lead byte of
+    UTF-8-encoded surrogates (also that of ordinary Hangul, which the full check lets by)."""
+    return b"\xed" in raw or _SURROGATE_ESCAPE.search(raw) is not None
 
 
 def resolve_or_404(supervisor: Supervisor, requested: str, *, param: str | None = None) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mlx_serve.observability.memory import tree_rss_bytes
@@ -87,8 +88,21 @@ class FootprintTracker:
             self._on_change()
 
     async def refresh_unloaded(self) -> None:
-        """Re-estimate the models that are not loaded (their files may have changed)."""
-        todo = [(w, w.pending_model or w.model) for w in self._workers.values() if w.state in DOWN]
+        """Bring the estimates of unloaded models up to date: the per-type overhead a load has
+        learned meanwhile (no I/O), and, for models whose files were missing (a hub repo not
+        pulled yet), the files themselves, read off the event loop."""
+        todo = []
+        for worker in self._workers.values():
+            if worker.state not in DOWN:
+                continue
+            model = worker.pending_model or worker.model
+            estimate = worker.footprint.estimate
+            if estimate is None or estimate.weights_bytes is None:
+                todo.append((worker, model))
+                continue
+            overhead = self.ledger.overhead(model.type.value)
+            if overhead is not None and overhead != estimate.overhead_bytes:
+                self._apply(worker, model, replace(estimate, overhead_bytes=overhead))
         if not todo:
             return
         estimates = await asyncio.to_thread(lambda: [self._safe_estimate(m) for _, m in todo])
