@@ -28,7 +28,7 @@ import aiohttp
 from mlx_serve.files import append_line
 from mlx_serve.observability.memory import tree_rss_bytes
 from mlx_serve.workers.base import SpareContext, SpareDriver, spare_support
-from mlx_serve.workers.process import SIGKILL, SIGTERM, free_port, read_log_tail
+from mlx_serve.workers.process import SIGKILL, end_group, free_port, read_log_tail
 
 if TYPE_CHECKING:
     from mlx_serve.config import ModelConfig, ModelType
@@ -270,15 +270,7 @@ class SparePool:
 
     async def _kill(self, proc: WorkerProcess) -> None:
         """SIGTERM the group, a short grace (a spare holds nothing), then SIGKILL; reap."""
-        if proc.returncode is None:
-            proc.signal_group(SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.stop_timeout):
-                    await proc.wait()
-        proc.signal_group(SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await proc.wait()
+        await end_group(proc, self.stop_timeout)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -9,7 +9,6 @@ so callers never inspect the state and then act on it: they ``await ensure_ready
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,9 +21,9 @@ from mlx_serve.supervisor.states import DOWN, RESIDENT, WorkerState, check_trans
 from mlx_serve.workers.base import LaunchContext, ProbeError, WorkerDriver
 from mlx_serve.workers.process import (
     SIGKILL,
-    SIGTERM,
     Launcher,
     WorkerProcess,
+    end_group,
     free_port,
     read_log_tail,
 )
@@ -548,18 +547,8 @@ class ManagedWorker:
         grace = self.server.stop_timeout
         if self.inflight == 0:
             grace = min(grace, IDLE_STOP_GRACE)
-        if proc.returncode is None:
-            proc.signal_group(SIGTERM)
-            try:
-                async with asyncio.timeout(grace):
-                    await proc.wait()
-            except TimeoutError:
-                self._events.emit("worker.kill", self.name, pid=proc.pid, after_s=grace)
-        # Always: stragglers in the group (children the worker forked) must not survive it.
-        proc.signal_group(SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await proc.wait()
+        if await end_group(proc, grace):
+            self._events.emit("worker.kill", self.name, pid=proc.pid, after_s=grace)
         self.exit_code = proc.returncode
 
     # ------------------------------------------------------------------ misc

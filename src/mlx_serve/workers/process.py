@@ -104,6 +104,25 @@ class SubprocessLauncher:
         return _AsyncioWorkerProcess(proc)
 
 
+async def end_group(proc: WorkerProcess, grace: float) -> bool:
+    """SIGTERM ``proc``'s group, wait up to ``grace`` seconds for it, then SIGKILL the group
+    (always: children the worker forked must not survive it) and reap. True if the grace ran
+    out, i.e. the worker ignored SIGTERM."""
+    ignored = False
+    if proc.returncode is None:
+        proc.signal_group(SIGTERM)
+        try:
+            async with asyncio.timeout(grace):
+                await proc.wait()
+        except TimeoutError:
+            ignored = True
+    proc.signal_group(SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10):
+            await proc.wait()
+    return ignored
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now. The worker binds it itself a moment later; if
     something else wins that race the worker exits and the start fails with its log."""
