@@ -1,8 +1,11 @@
-"""OpenAI-shaped errors shared by the router and the worker servers: ``{"error": {...}}``.
+"""Errors shared by the router and the worker servers, in the shape of the client's dialect.
 
-Handlers raise :class:`ApiError`; the middleware renders it. Anything else that escapes a
-handler is a bug in mlx-serve: it is logged with its traceback and the client gets a 500 with
-a one-line message, never the traceback.
+Handlers raise :class:`ApiError`; the middleware renders it in the shape the route's clients
+parse: OpenAI's ``{"error": {"message", "type", "param", "code"}}`` by default, Anthropic's
+``{"type": "error", "error": {"type", "message"}}`` under ``/v1/messages``, Ollama's
+``{"error": "message"}`` on Ollama's routes. Anything else that escapes a handler is a bug in
+mlx-serve: it is logged with its traceback and the client gets a 500 with a one-line message,
+never the traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from enum import StrEnum
 from typing import Any
 
 from aiohttp import web
@@ -17,6 +21,39 @@ from aiohttp import web
 log = logging.getLogger("mlx_serve.errors")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Dialect(StrEnum):
+    """The API family a route belongs to, which decides the shape of its errors."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    OLLAMA = "ollama"
+
+
+#: Ollama's own routes (``/api/pull`` is shared: our pull already speaks Ollama's NDJSON).
+OLLAMA_PATHS = frozenset({
+    "/api/tags", "/api/ps", "/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
+    "/api/show", "/api/delete", "/api/version", "/api/pull", "/api/copy", "/api/create",
+    "/api/push",
+})  # fmt: skip
+
+
+def dialect_of(path: str) -> Dialect:
+    """Which error shape the clients of ``path`` understand."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return Dialect.ANTHROPIC
+    if path in OLLAMA_PATHS:
+        return Dialect.OLLAMA
+    return Dialect.OPENAI
+
+
+#: Anthropic's error ``type`` for each status (its documented list).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+    503: "overloaded_error", 529: "overloaded_error",
+}  # fmt: skip
 
 
 class ApiError(Exception):
@@ -50,8 +87,21 @@ class ApiError(Exception):
             }
         }
 
-    def response(self) -> web.Response:
-        return web.json_response(self.body(), status=self.status, headers=self.headers)
+    def anthropic_body(self) -> dict[str, Any]:
+        kind = _ANTHROPIC_TYPES.get(self.status)
+        if kind is None:
+            kind = "invalid_request_error" if self.status < 500 else "api_error"
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+    def body_for(self, dialect: Dialect) -> dict[str, Any]:
+        if dialect is Dialect.ANTHROPIC:
+            return self.anthropic_body()
+        if dialect is Dialect.OLLAMA:
+            return {"error": self.message}
+        return self.body()
+
+    def response(self, dialect: Dialect = Dialect.OPENAI) -> web.Response:
+        return web.json_response(self.body_for(dialect), status=self.status, headers=self.headers)
 
     def sse_event(self) -> bytes:
         """The same error as one server-sent event, for streams that already started."""
@@ -60,10 +110,11 @@ class ApiError(Exception):
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    dialect = dialect_of(request.path)
     try:
         return await handler(request)
     except ApiError as exc:
-        return exc.response()
+        return exc.response(dialect)
     except web.HTTPException as exc:
         # aiohttp's own 404/405/413 for unknown routes and methods: same JSON shape.
         if exc.status < 400:
@@ -74,12 +125,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         message = exc.reason
         if exc.status == 404:
             message = f"no route for {request.method} {request.path}"
-        return ApiError(exc.status, message, code=code, headers=_keep_allow(exc)).response()
+        error = ApiError(exc.status, message, code=code, headers=_keep_allow(exc))
+        return error.response(dialect)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return ApiError(
             500, "internal error in mlx-serve (see its log)", code="internal_error"
-        ).response()
+        ).response(dialect)
 
 
 def _keep_allow(exc: web.HTTPException) -> dict[str, str]:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -15,7 +14,7 @@ from mlx_serve.observability.memory import watch_memory
 from mlx_serve.observability.prometheus import Metrics
 from mlx_serve.observability.request_stats import RequestStats
 from mlx_serve.router.auth import auth_middleware
-from mlx_serve.router.keys import HTTP, METRICS, STATS, SUPERVISOR
+from mlx_serve.router.keys import METRICS, STATS, SUPERVISOR
 from mlx_serve.router.management import add_routes as add_management_routes
 from mlx_serve.router.openai_routes import add_routes
 from mlx_serve.router.origin import add_cors_headers, origin_middleware
@@ -38,7 +37,6 @@ def make_app(supervisor: Supervisor) -> web.Application:
     app[SUPERVISOR] = supervisor
     app[STATS] = RequestStats()
     app[METRICS] = Metrics(supervisor)
-    app.cleanup_ctx.append(_worker_session)
     app.cleanup_ctx.append(_observability)
     add_routes(app)
     add_management_routes(app)
@@ -64,21 +62,3 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
             await watcher
         for sink in reversed(sinks):
             supervisor.events.remove_listener(sink)
-
-
-async def _worker_session(app: web.Application) -> AsyncIterator[None]:
-    # No pool limit here: concurrency per worker is capped by the supervisor's slots.
-    # No total timeout: a long generation is not an error; the connect timeout is.
-    connector = aiohttp.TCPConnector(limit=0, force_close=False, happy_eyeballs_delay=None)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    # Every request pays this client's per-request work before its first token: no cookies
-    # (workers set none), no decompression (workers do not compress; bytes pass through).
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
-    ) as session:
-        app[HTTP] = session
-        yield

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import aiohttp
 from aiohttp import web
 
 from mlx_serve.observability.prometheus import Metrics
@@ -10,6 +9,5 @@ from mlx_serve.observability.request_stats import RequestStats
 from mlx_serve.supervisor import Supervisor
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
-HTTP = web.AppKey("http", aiohttp.ClientSession)  # pooled connections to the workers
 STATS = web.AppKey("stats", RequestStats)
 METRICS = web.AppKey("metrics", Metrics)

@@ -7,6 +7,7 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +15,7 @@ from aiohttp import web
 from mlx_serve.config import ModelType, parse_duration
 from mlx_serve.config.sizes import format_bytes
 from mlx_serve.errors import ApiError
-from mlx_serve.router.keys import HTTP, SUPERVISOR
+from mlx_serve.router.keys import SUPERVISOR
 from mlx_serve.router.multipart import MultipartError, form_fields
 from mlx_serve.router.proxy import Trace, Upstream, forward
 from mlx_serve.router.validation import (
@@ -254,9 +255,7 @@ async def _serve(
     try:
         async with supervisor.lease(name, keep_alive=keep_alive) as lease:
             trace.queued_s = lease.queued_s
-            return await forward(
-                request, session=request.app[HTTP], lease=lease, upstream=upstream, trace=trace
-            )
+            return await forward(request, lease=lease, upstream=upstream, trace=trace)
     except ApiError as exc:
         trace.status, trace.error = exc.status, exc.message
         raise
@@ -280,26 +279,50 @@ JSON_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
 }
 
 
-async def proxy_json(request: web.Request, endpoint: str) -> web.StreamResponse:
-    """A JSON endpoint: validate, merge the model's defaults, forward with the worker's id."""
-    supervisor = request.app[SUPERVISOR]
-    body = await read_json_object(request)
+@dataclass(frozen=True)
+class Prepared:
+    """A checked request for one model: what every dialect hands to a worker."""
+
+    name: str
+    """The configured model."""
+    requested: str
+    """The name the client used (an alias or a ``:tag`` form): what it gets back."""
+    keep_alive: float | None
+    body: dict[str, Any]
+    """The OpenAI body with the model's defaults merged in; ``model`` is ``requested``."""
+    endpoint: str
+    """The worker's endpoint (an OpenAI path)."""
+
+    def payload(self, upstream_model: str) -> bytes:
+        return json.dumps({**self.body, "model": upstream_model}).encode()
+
+
+def prepare(supervisor: Supervisor, body: dict[str, Any], endpoint: str) -> Prepared:
+    """Validate an OpenAI-shaped ``body`` for ``endpoint``: the model, ``keep_alive``, the
+    model's defaults, the endpoint's checks, images and the context length. Raises 4xx."""
     name = resolve_model(supervisor, body, endpoint)
     keep_alive = pop_keep_alive(body)
     worker = supervisor.workers[name]
     body = strip_fields({**worker.model.defaults, **body})  # the client's own values win
     JSON_CHECKS[endpoint](body)
-    if worker.model.type is ModelType.VISION:
+    if worker.model.type is ModelType.VISION and "messages" in body:
         check_images(body["messages"], allow_remote=supervisor.config.server.allow_remote_images)
     _check_context_length(worker.model.context_length, body)
-    payload = json.dumps({**body, "model": worker.upstream_model}).encode()
+    return Prepared(name, body["model"], keep_alive, body, endpoint)
+
+
+async def proxy_json(request: web.Request, endpoint: str) -> web.StreamResponse:
+    """A JSON endpoint: validate, merge the model's defaults, forward with the worker's id."""
+    supervisor = request.app[SUPERVISOR]
+    prepared = prepare(supervisor, await read_json_object(request), endpoint)
+    worker = supervisor.workers[prepared.name]
     return await _serve(
         request,
-        name=name,
-        requested=body["model"],
-        keep_alive=keep_alive,
-        upstream=Upstream(endpoint, payload),
-        stream=bool(body.get("stream")),
+        name=prepared.name,
+        requested=prepared.requested,
+        keep_alive=prepared.keep_alive,
+        upstream=Upstream(endpoint, prepared.payload(worker.upstream_model)),
+        stream=bool(prepared.body.get("stream")),
     )
 
 

@@ -18,11 +18,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp import web
 
 from mlx_serve.errors import ApiError
+from mlx_serve.router import upstream as worker_http
+from mlx_serve.router.upstream import UpstreamError, UpstreamResponse
 from mlx_serve.supervisor.states import WorkerState
 
 if TYPE_CHECKING:
@@ -94,10 +96,10 @@ def _worker_alive(lease: Lease) -> bool:
     return lease.worker.state in (WorkerState.READY, WorkerState.DRAINING)
 
 
-async def _open_upstream(
-    session: aiohttp.ClientSession, lease: Lease, upstream: Upstream, trace: Trace
-) -> aiohttp.ClientResponse:
+async def open_upstream(lease: Lease, upstream: Upstream, trace: Trace) -> UpstreamResponse:
     last: Exception | None = None
+    where = urlsplit(lease.base_url)
+    host, port = where.hostname or "127.0.0.1", where.port or 80
     for attempt in range(CONNECT_ATTEMPTS):
         if attempt:
             trace.retries += 1
@@ -105,12 +107,16 @@ async def _open_upstream(
         if not _worker_alive(lease):
             break
         try:
-            return await session.post(
-                lease.base_url + upstream.path,
-                data=upstream.payload,
-                headers={"Content-Type": upstream.content_type},
+            return await worker_http.post(
+                host, port, upstream.path, upstream.payload, upstream.content_type
             )
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        except UpstreamError as exc:
+            if not exc.before_response:
+                raise ApiError(
+                    502,
+                    f"model {trace.model!r}: the worker failed before answering ({exc})",
+                    code="worker_died",
+                ) from exc
             # No response byte came back: the request never started on the worker.
             last = exc
     reason = lease.worker.last_error or (str(last) if last else "connection failed")
@@ -121,7 +127,7 @@ async def _open_upstream(
     )
 
 
-def _upstream_error(status: int, body: bytes, model: str) -> ApiError:
+def upstream_error(status: int, body: bytes, model: str) -> ApiError:
     """A worker's own error, in OpenAI shape; its 4xx stay 4xx, its 5xx become 502.
 
     A 404 is the exception: the router always names the worker's own model, so a 404 means
@@ -160,7 +166,6 @@ class Upstream:
 async def forward(
     request: web.Request,
     *,
-    session: aiohttp.ClientSession,
     lease: Lease,
     upstream: Upstream,
     trace: Trace,
@@ -171,20 +176,24 @@ async def forward(
     anything else (audio, subtitles, plain text) is passed through chunk by chunk untouched.
     """
     rename = _ModelRenamer(lease.upstream_model, trace.model)
-    response = await _open_upstream(session, lease, upstream, trace)
+    response = await open_upstream(lease, upstream, trace)
     try:
         if response.status >= 400:
-            raise _upstream_error(response.status, await response.read(), trace.model)
-        content_type = response.headers.get("Content-Type", "")
+            try:
+                body = await response.read()
+            except UpstreamError as exc:
+                raise died(lease, trace, exc) from exc
+            raise upstream_error(response.status, body, trace.model)
+        content_type = response.headers.get("content-type", "")
         if trace.stream and "text/event-stream" in content_type:
             return await _relay_stream(request, response, lease, rename, trace)
         if content_type.startswith("application/json"):
             try:
                 data = await response.read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                raise _died(lease, trace, exc) from exc
+            except UpstreamError as exc:
+                raise died(lease, trace, exc) from exc
             trace.ttft_s = time.perf_counter() - trace.started
-            _read_usage(data, trace)
+            read_usage(data, trace)
             trace.status = response.status
             return web.Response(
                 body=rename(data), status=response.status, content_type="application/json"
@@ -196,7 +205,7 @@ async def forward(
         response.close()
 
 
-def _died(lease: Lease, trace: Trace, exc: BaseException) -> ApiError:
+def died(lease: Lease, trace: Trace, exc: BaseException) -> ApiError:
     return ApiError(
         502,
         f"model {trace.model!r}: the worker failed mid-request ({_why(lease, exc)})",
@@ -205,18 +214,18 @@ def _died(lease: Lease, trace: Trace, exc: BaseException) -> ApiError:
 
 
 async def _relay_body(
-    request: web.Request, response: aiohttp.ClientResponse, lease: Lease, trace: Trace
+    request: web.Request, response: UpstreamResponse, lease: Lease, trace: Trace
 ) -> web.StreamResponse:
     """Pass a non-JSON body (audio, text) through as it arrives."""
     headers = {
-        k: v
-        for k, v in response.headers.items()
-        if k in ("Content-Type", "Content-Disposition", "Content-Length")
+        name: response.headers[name.lower()]
+        for name in ("Content-Type", "Content-Disposition", "Content-Length")
+        if name.lower() in response.headers
     }
     try:
-        first = await response.content.readany()
-    except (TimeoutError, aiohttp.ClientError) as exc:
-        raise _died(lease, trace, exc) from exc
+        first = await response.readany()
+    except UpstreamError as exc:
+        raise died(lease, trace, exc) from exc
     trace.ttft_s = time.perf_counter() - trace.started
     resp = web.StreamResponse(status=response.status, headers=headers)
     await resp.prepare(request)
@@ -225,8 +234,8 @@ async def _relay_body(
         chunk = first
         while chunk:
             await resp.write(chunk)
-            chunk = await response.content.readany()
-    except (TimeoutError, aiohttp.ClientError) as exc:
+            chunk = await response.readany()
+    except UpstreamError as exc:
         # Mid-body there is no way to signal an error in audio bytes: drop the connection so
         # the client sees a truncated response instead of a short but "complete" one.
         trace.status, trace.error = 502, f"the worker failed mid-body ({exc})"
@@ -239,7 +248,7 @@ async def _relay_body(
 
 async def _relay_stream(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     lease: Lease,
     rename: _ModelRenamer,
     trace: Trace,
@@ -262,7 +271,7 @@ async def _relay_stream(
     # mlx_lm's keepalive comment (bench/results/hotpath.md).
     buffer = b""  # the start of an event not yet whole
     done = False
-    read = upstream.content.readany
+    read = upstream.readany
     try:
         while chunk := await read():
             if buffer:
@@ -283,13 +292,13 @@ async def _relay_stream(
             await _to_client(resp, rename(buffer))
             done = done or _ends_stream(buffer)
         if not done:
-            raise aiohttp.ClientPayloadError("the stream ended without [DONE]")
+            raise UpstreamError("the stream ended without [DONE]", before_response=False)
     except _ClientGone:
         # The client left: nothing more to write. The caller closes the upstream response,
         # which stops the worker's generation.
         trace.status, trace.error = 499, "client closed the request"
         return resp
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except UpstreamError as exc:
         error = ApiError(
             502,
             f"model {trace.model!r}: the worker failed mid-stream ({_why(lease, exc)})",
@@ -329,10 +338,10 @@ def _count_stream_tokens(events: bytes, trace: Trace) -> None:
     if b'"usage"' in events:
         for line in events.split(b"\n"):
             if line.startswith(b"data: {") and b'"usage"' in line:
-                _read_usage(line[6:], trace)
+                read_usage(line[6:], trace)
 
 
-def _read_usage(data: bytes, trace: Trace) -> None:
+def read_usage(data: bytes, trace: Trace) -> None:
     try:
         usage = json.loads(data).get("usage")
     except (ValueError, AttributeError):

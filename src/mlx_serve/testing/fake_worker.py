@@ -37,7 +37,33 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--hang-after-requests", type=int, default=None,
         help="answer this many completions, then never answer one again (/health still does)",
     )  # fmt: skip
+    p.add_argument(
+        "--tool-call", default=None,
+        help='JSON {"name": ..., "arguments": {...}}: answer every request that offers tools '
+        "with this call (a random-weight model cannot be made to call one)",
+    )  # fmt: skip
+    p.add_argument(
+        "--echo", action="store_true",
+        help="answer with the request body the worker received (JSON text), to check what a "
+        "dialect translated",
+    )  # fmt: skip
     return p.parse_args(argv)
+
+
+def _tool_call(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The configured call, when the request offers tools and does not forbid calling them."""
+    if not args.tool_call or not body.get("tools") or body.get("tool_choice") == "none":
+        return None
+    spec = json.loads(args.tool_call)
+    return {
+        "id": "call_fake_1",
+        "type": "function",
+        "function": {"name": spec["name"], "arguments": json.dumps(spec.get("arguments", {}))},
+    }
+
+
+def _usage(n: int) -> dict[str, int]:
+    return {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}
 
 
 def _chunk(args: argparse.Namespace, kind: str, text: str, finish: str | None) -> dict[str, Any]:
@@ -78,30 +104,59 @@ def make_app(args: argparse.Namespace) -> web.Application:
         n = int(body.get("max_tokens") or args.tokens)
         pid = os.getpid()
         words = [f"tok{i}" for i in range(n)]
+        if args.echo:
+            words, n = [json.dumps(body, sort_keys=True)], 1
+        call = _tool_call(args, body) if kind == "chat" else None
+        finish_reason = "tool_calls" if call else "length"
         if not body.get("stream"):
             await asyncio.sleep(args.token_delay * n)
             text = " ".join(words)
             if kind == "chat":
-                message = {"role": "assistant", "content": text}
-                choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "message": message}
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                if call:
+                    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+                choice: dict[str, Any] = {
+                    "index": 0, "finish_reason": finish_reason, "message": message,
+                }  # fmt: skip
             else:
                 choice = {"index": 0, "finish_reason": "length", "text": text}
             return web.json_response({
                 "id": "fake", "object": "chat.completion" if kind == "chat" else "text_completion",
                 "model": args.model, "choices": [choice], "system_fingerprint": str(pid),
-                "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3},
+                "usage": _usage(n),
             })  # fmt: skip
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for i, word in enumerate(words):
+
+        async def send(chunk: dict[str, Any]) -> None:
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+
+        if call:
+            # Streamed the way OpenAI does: the id and name first, the arguments in pieces.
+            arguments = call["function"]["arguments"]
+            first = {**call, "index": 0, "function": {"name": call["function"]["name"],
+                                                      "arguments": ""}}  # fmt: skip
+            pieces = [arguments[i : i + 7] for i in range(0, len(arguments), 7)]
+            deltas = [{"role": "assistant", "content": None, "tool_calls": [first]}]
+            deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in pieces]
+            for delta in deltas:
+                chunk = _chunk(args, kind, "", None)
+                chunk["choices"][0]["delta"] = delta
+                await send(chunk)
+            done = _chunk(args, kind, "", "tool_calls")
+            done["choices"][0]["delta"] = {}
+            await send(done)
+            n = len(deltas)
+        for i, word in enumerate([] if call else words):
             served["tokens"] += 1
             if args.crash_after_tokens is not None and served["tokens"] > args.crash_after_tokens:
                 os._exit(3)
             finish = "length" if i == n - 1 else None
-            await resp.write(
-                b"data: " + json.dumps(_chunk(args, kind, word + " ", finish)).encode() + b"\n\n"
-            )
+            await send(_chunk(args, kind, word if args.echo else word + " ", finish))
             await asyncio.sleep(args.token_delay)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send({"id": "fake", "object": "chat.completion.chunk", "model": args.model,
+                        "choices": [], "usage": _usage(n)})  # fmt: skip
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
