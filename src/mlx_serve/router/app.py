@@ -14,6 +14,7 @@ from mlx_serve.observability.memory import watch_memory
 from mlx_serve.observability.prometheus import Metrics
 from mlx_serve.observability.request_stats import RequestStats
 from mlx_serve.router.auth import auth_middleware
+from mlx_serve.router.dialects import add_routes as add_dialect_routes
 from mlx_serve.router.keys import METRICS, STATS, SUPERVISOR
 from mlx_serve.router.management import add_routes as add_management_routes
 from mlx_serve.router.openai_routes import add_routes
@@ -39,6 +40,7 @@ def make_app(supervisor: Supervisor) -> web.Application:
     app[METRICS] = Metrics(supervisor)
     app.cleanup_ctx.append(_observability)
     add_routes(app)
+    add_dialect_routes(app)
     add_management_routes(app)
     return app
 
