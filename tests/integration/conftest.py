@@ -95,6 +95,16 @@ def model_yaml(models: Mapping[str, Mapping[str, Any]], **server: Any) -> str:
 @pytest.fixture
 async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
     """Factory: ``await start_server(models={...}, **server_settings)`` -> :class:`Running`."""
+    async with server_factory(tmp_path) as start:
+        yield start
+
+
+@contextlib.asynccontextmanager
+async def server_factory(tmp_path: Path) -> AsyncIterator[StartServer]:
+    """What :func:`start_server` yields, for fixtures of a wider scope (one server per module):
+
+    ``async with server_factory(tmp_path_factory.mktemp("x")) as start: yield await start(...)``
+    """
     running: list[Running] = []
 
     async def start(
