@@ -151,9 +151,14 @@ async def test_events_query_and_follow(start_server: StartServer) -> None:
     assert data["events"] and all(e["kind"].startswith("worker") for e in data["events"])
     status, _ = await get_json(run, "/api/events?since=yesterday")
     assert status == 400
-    # The same events are on disk, as JSON lines.
-    lines = (run.supervisor.data_dir / "events.jsonl").read_text().splitlines()
-    assert any(json.loads(line)["kind"] == "model.loaded" for line in lines)
+    # The same events are on disk, as JSON lines (written by a thread, so shortly after).
+    path = run.supervisor.data_dir / "events.jsonl"
+
+    def on_disk() -> bool:
+        lines = path.read_text().splitlines() if path.exists() else []
+        return any(json.loads(line)["kind"] == "model.loaded" for line in lines)
+
+    await eventually(on_disk, what="model.loaded in events.jsonl")
 
 
 async def test_stats_and_metrics_move_with_requests(start_server: StartServer) -> None:

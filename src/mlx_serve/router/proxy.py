@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 #: Attempts to reach a worker before giving up with 502 (only before any byte came back).
 CONNECT_ATTEMPTS = 5
 RETRY_BACKOFF = 0.05
+#: After [DONE] (the client's stream is already complete), how long the worker may take to
+#: close its side before the connection is dropped.
+DRAIN_AFTER_DONE = 5.0
 
 
 @dataclass
@@ -253,7 +256,7 @@ async def _relay_stream(
     rename: _ModelRenamer,
     trace: Trace,
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(
+    resp = _HeadersWithFirstChunk(
         status=200,
         headers={
             "Content-Type": "text/event-stream; charset=utf-8",
@@ -268,9 +271,11 @@ async def _relay_stream(
     # [DONE] check are byte searches, never a JSON parse (only a chunk carrying "usage" is
     # parsed, once per stream). Holding events back to write several at once was tried: it
     # saved writes but cost more CPU in timers than it saved, and held the first token behind
-    # mlx_lm's keepalive comment (bench/results/hotpath.md).
+    # mlx_lm's keepalive comment (bench/results/hotpath.md). What does pay: one send() less
+    # at each end, since a send() is most of the router's CPU per token (~200 us on the
+    # benchmark VM): the headers leave with the first event, and the chunked-encoding
+    # terminator with [DONE] (whose arrival ends the client's stream at once).
     buffer = b""  # the start of an event not yet whole
-    done = False
     read = upstream.readany
     try:
         while chunk := await read():
@@ -285,14 +290,21 @@ async def _relay_stream(
                 chunk, buffer = chunk[: cut + 2], chunk[cut + 2 :]
             if trace.ttft_s is None:
                 trace.ttft_s = time.perf_counter() - trace.started
-            done = done or _ends_stream(chunk)
             _count_stream_tokens(chunk, trace)
+            if _ends_stream(chunk):
+                await _to_client(resp, rename(chunk), last=True)
+                with contextlib.suppress(UpstreamError, TimeoutError):
+                    async with asyncio.timeout(DRAIN_AFTER_DONE):
+                        await upstream.read()  # let the worker finish and close its side
+                return resp
             await _to_client(resp, rename(chunk))
         if buffer:
+            _count_stream_tokens(buffer, trace)
+            if _ends_stream(buffer):
+                await _to_client(resp, rename(buffer), last=True)
+                return resp
             await _to_client(resp, rename(buffer))
-            done = done or _ends_stream(buffer)
-        if not done:
-            raise UpstreamError("the stream ended without [DONE]", before_response=False)
+        raise UpstreamError("the stream ended without [DONE]", before_response=False)
     except _ClientGone:
         # The client left: nothing more to write. The caller closes the upstream response,
         # which stops the worker's generation.
@@ -319,11 +331,21 @@ class _ClientGone(Exception):
     """Writing to the client failed: it disconnected (not the worker's fault)."""
 
 
-async def _to_client(resp: web.StreamResponse, data: bytes) -> None:
+async def _to_client(resp: web.StreamResponse, data: bytes, *, last: bool = False) -> None:
     try:
-        await resp.write(data)
+        if last:
+            await resp.write_eof(data)
+        else:
+            await resp.write(data)
     except ConnectionError as exc:  # aiohttp's ClientConnectionResetError is one too
         raise _ClientGone from exc
+
+
+class _HeadersWithFirstChunk(web.StreamResponse):
+    """A stream whose headers are sent with its first body bytes, in one send(), as
+    ``web.Response`` does, instead of on their own at ``prepare()``."""
+
+    _send_headers_immediately = False
 
 
 def _ends_stream(events: bytes) -> bool:
