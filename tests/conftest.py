@@ -25,3 +25,11 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(POLL_INTERVAL)
+
+
+def error_code(body: object) -> object:
+    """The ``code`` of an error body in any dialect's shape: OpenAI's and Anthropic's
+    ``{"error": {"code"}}``, Ollama's ``{"error": "message", "code"}``."""
+    assert isinstance(body, dict), body
+    error = body.get("error")
+    return error.get("code") if isinstance(error, dict) else body.get("code")

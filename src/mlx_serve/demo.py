@@ -28,6 +28,7 @@ from mlx_serve.server import ServerHandle, serve
 from mlx_serve.tiny_models import build_text_model
 from mlx_serve.tiny_models.audio import build_stt_model, build_tts_model
 from mlx_serve.tiny_models.embedding import embedding_model_dir
+from mlx_serve.tiny_models.rerank import build_rerank_model
 from mlx_serve.tiny_models.vision import build_vision_model
 
 console = Console()
@@ -39,8 +40,8 @@ LABEL = "tiny random-weight demo model (output is noise)"
 def demo_models(models_dir: Path) -> dict[str, dict[str, Any]]:
     """Build every demo model (cached) and return their models.yaml entries.
 
-    Two random-weight text models (to show swaps), a random-weight Qwen2-VL, TTS and Whisper,
-    and the real all-MiniLM-L6-v2 for embeddings (shipped by a PyPI package).
+    Two random-weight text models (to show swaps), a random-weight Qwen2-VL, TTS, Whisper and
+    BERT reranker, and the real all-MiniLM-L6-v2 for embeddings (shipped by a PyPI package).
     """
     models: dict[str, dict[str, Any]] = {}
     for name, seed in TEXT_MODELS.items():
@@ -65,6 +66,10 @@ def demo_models(models_dir: Path) -> dict[str, dict[str, Any]]:
         "type": "stt",
         "path": str(build_stt_model(models_dir / "demo-whisper")),
         "aliases": ["whisper-1"],
+    }
+    models["demo-rerank"] = {
+        "type": "rerank",
+        "path": str(build_rerank_model(models_dir / "demo-rerank")),
     }
     return models
 
@@ -196,6 +201,17 @@ async def tour(url: str, out_dir: Path) -> None:
             _check(r.status, data)
         heard = f"{data.get('duration', 0):.2f}s of audio, {_since(t0)} incl. swap"
         console.print(f"[green]demo-whisper[/]: {data['text']!r} [dim]({heard})[/]")
+
+        console.rule("rerank: documents ordered for a query (random weights: noise order)")
+        t0 = time.perf_counter()
+        documents = ["Paris is the capital of France.", "Pancakes need flour.", "Trains run."]
+        body = {"model": "demo-rerank", "query": "capital of France", "documents": documents}
+        async with http.post("/v1/rerank", json=body) as r:
+            data = await r.json()
+            _check(r.status, data)
+        for result in data["results"]:
+            console.print(f"{result['relevance_score']:.3f}  {result['document']['text']}")
+        console.print(f"[dim]{len(documents)} documents in {_since(t0)} incl. swap[/]")
 
         console.rule("a mistake gets an OpenAI-shaped error")
         async with http.post("/v1/chat/completions", json={"model": "nope", "messages": []}) as r:

@@ -97,7 +97,8 @@ class ApiError(Exception):
         if dialect is Dialect.ANTHROPIC:
             return self.anthropic_body()
         if dialect is Dialect.OLLAMA:
-            return {"error": self.message}
+            # Ollama's clients read "error"; our code rides along for everything else.
+            return {"error": self.message, "code": self.code}
         return self.body()
 
     def response(self, dialect: Dialect = Dialect.OPENAI) -> web.Response:

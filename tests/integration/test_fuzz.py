@@ -12,7 +12,8 @@ is valid enough to reach a model gets a real answer (200), never a "could not st
 
 Invariants, for every request: an answer arrives (no dropped connection, no hang); no 5xx
 (except ``/api/pull``'s 503 ``hub_offline``: the tests run with ``HF_HUB_OFFLINE=1``); every
-error is OpenAI-shaped JSON ``{"error": {"message": str, "type": str, "code": str | None}}``;
+error is JSON in its route's dialect: OpenAI's ``{"error": {"message": str, "type": str,
+"code": str | None}}``, Ollama's ``{"error": str}`` on Ollama's routes (``/api/pull``);
 a body that cannot be a request (not JSON, not UTF-8, a lone surrogate) is a 4xx, never
 forwarded; a 200 is a whole answer (a stream ends with ``[DONE]``). After each run:
 ``GET /health`` answers, a valid chat completion gets 200, and the router logged no error
@@ -49,10 +50,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlx_serve.config import ModelType
+from mlx_serve.errors import Dialect, dialect_of
 from mlx_serve.testing import FakeWorkerDriver
 from mlx_serve.workers.base import LaunchContext, guarded_argv
 from mlx_serve.workers.model_server_driver import ModelServerDriver
 from mlx_serve.workers.process import LaunchSpec
+from tests.conftest import error_code
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Running, StartServer
@@ -247,6 +250,15 @@ def check_error_shape(reply: Reply, req: Request) -> None:
     )
     data = json.loads(reply.body)
     error = data.get("error") if isinstance(data, dict) else None
+    dialect = dialect_of(req.path.partition("?")[0])
+    if dialect is Dialect.OLLAMA:  # Ollama's clients read {"error": "message"}
+        assert isinstance(error, str) and error, f"not Ollama-shaped: {data!r} for {req!r}"
+        return
+    if dialect is Dialect.ANTHROPIC:
+        assert data.get("type") == "error", f"not Anthropic-shaped: {data!r} for {req!r}"
+        assert isinstance(error, dict) and isinstance(error.get("message"), str), data
+        assert isinstance(error.get("type"), str), f"no type: {data!r} for {req!r}"
+        return
     assert isinstance(error, dict), f"not OpenAI-shaped: {data!r} for {req!r}"
     assert isinstance(error.get("message"), str), f"no message: {data!r} for {req!r}"
     assert isinstance(error.get("type"), str), f"no type: {data!r} for {req!r}"
@@ -277,7 +289,7 @@ def check_success(reply: Reply, req: Request) -> None:
 def allowed_5xx(reply: Reply, req: Request) -> bool:
     """The one 5xx that is not the server's fault: pulling while the hub is unreachable."""
     if req.path.startswith("/api/pull") and reply.status == 503:
-        return json.loads(reply.body)["error"]["code"] == "hub_offline"
+        return error_code(json.loads(reply.body)) == "hub_offline"
     return False
 
 

@@ -91,7 +91,7 @@ def test_empty_config_is_defaults(text: str) -> None:
 
 
 def test_model_type_values() -> None:
-    assert [t.value for t in ModelType] == ["text", "vision", "embedding", "tts", "stt"]
+    assert [t.value for t in ModelType] == ["text", "vision", "embedding", "tts", "stt", "rerank"]
     assert ModelType("tts") == "tts"
 
 

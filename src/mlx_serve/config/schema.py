@@ -60,6 +60,7 @@ class ModelType(StrEnum):
     EMBEDDING = "embedding"
     TTS = "tts"
     STT = "stt"
+    RERANK = "rerank"
 
 
 # Spellings used by mlx-serve 0.3.0 and by the upstream libraries; accepted everywhere so a
@@ -71,6 +72,7 @@ _TYPE_SYNONYMS: dict[str, ModelType] = {
     "embeddings": ModelType.EMBEDDING,
     "embed": ModelType.EMBEDDING,
     "whisper": ModelType.STT,
+    "reranker": ModelType.RERANK,
 }
 
 

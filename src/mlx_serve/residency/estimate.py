@@ -45,13 +45,16 @@ MiB = 2**20
 #: Resident memory of a worker with a tiny model, by type: the interpreter plus the libraries
 #: it imports (measured on Linux, 2 cores, torch hidden from the workers; see bench/).
 #: Rounded up from bench/results/residency.md and model_types.md (text 89 MiB, vision 136,
-#: embedding 127 beyond its weights, tts 218, stt 294); the first load of each type replaces it.
+#: embedding 127 beyond its weights, tts 218, stt 294; rerank 108 with the tiny BERT, given
+#: the embedding worker's margin because real rerankers such as bge's carry a 250k-token
+#: XLM-R tokenizer); the first load of each type replaces it.
 DEFAULT_OVERHEAD: dict[ModelType, int] = {
     ModelType.TEXT: 128 * MiB,
     ModelType.VISION: 192 * MiB,
     ModelType.EMBEDDING: 160 * MiB,
     ModelType.TTS: 256 * MiB,
     ModelType.STT: 320 * MiB,
+    ModelType.RERANK: 160 * MiB,
 }
 
 #: Tokens of KV cache planned for when neither the config nor the flags bound the context.

@@ -51,7 +51,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         )
         raise ApiError(
             401,
-            "a valid API key is required: send 'Authorization: Bearer <key>'",
+            "a valid API key is required: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'",
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )

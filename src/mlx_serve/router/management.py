@@ -9,6 +9,7 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -171,13 +172,21 @@ async def unload_model(request: web.Request) -> web.Response:
 async def delete_files(request: web.Request) -> web.Response:
     """Delete a model's files: from the Hugging Face cache, or a local dir with ``?local=true``.
     Refused while the model is loaded."""
+    name = _configured(request)
+    local_ok = request.query.get("local", "").lower() in ("1", "true", "yes")
+    return web.json_response(await delete_model_files(request.app[SUPERVISOR], name, local_ok))
+
+
+async def delete_model_files(supervisor: Supervisor, name: str, local_ok: bool) -> dict[str, Any]:
+    """Delete configured model ``name``'s files (a local directory only when ``local_ok``);
+    409 while it is loaded. Shared by ``DELETE /api/models/{name}/files`` and Ollama's
+    ``DELETE /api/delete``."""
     from mlx_serve import hub  # noqa: PLC0415 - huggingface_hub only when used
 
-    name = _configured(request)
-    worker = request.app[SUPERVISOR].workers[name]
+    worker = supervisor.workers[name]
     path = worker.model.path
     local = path.startswith("/")  # the config resolved every local path to an absolute one
-    if local and request.query.get("local", "").lower() not in ("1", "true", "yes"):
+    if local and not local_ok:
         raise ApiError(
             400,
             f"model {name!r} is a local directory ({path}); add ?local=true to delete it",
@@ -195,8 +204,8 @@ async def delete_files(request: web.Request) -> web.Response:
         raise _hub_error(exc) from exc
     finally:
         worker.release_files()
-    request.app[SUPERVISOR].events.emit("model.deleted", name, path=path, freed_bytes=freed)
-    return web.json_response({"name": name, "deleted": path, "freed_bytes": freed})
+    supervisor.events.emit("model.deleted", name, path=path, freed_bytes=freed)
+    return {"name": name, "deleted": path, "freed_bytes": freed}
 
 
 def _hub_error(exc: Exception) -> ApiError:
@@ -208,7 +217,8 @@ def _hub_error(exc: Exception) -> ApiError:
 
 async def pull(request: web.Request) -> web.StreamResponse:
     """Download a hub repo into the HF cache, streaming NDJSON progress; a client that
-    disconnects cancels the download (it resumes on the next pull)."""
+    disconnects cancels the download (it resumes on the next pull). With ``"stream": false``
+    (as Ollama clients send by default) one JSON object answers when it is done."""
     from mlx_serve import hub  # noqa: PLC0415 - huggingface_hub only when used
 
     body = await read_json_object(request)
@@ -218,6 +228,9 @@ async def pull(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "'model' is required: a Hugging Face repo id", param="model")
     if revision is not None and not isinstance(revision, str):
         raise ApiError(400, "'revision' must be a string", param="revision")
+    stream = body.get("stream", True)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be true or false", param="stream")
     supervisor = request.app[SUPERVISOR]
     # aclosing: when the client disconnects (this handler is cancelled) the generator is
     # closed at once, which kills the download process; the next pull resumes it.
@@ -226,6 +239,8 @@ async def pull(request: web.Request) -> web.StreamResponse:
             first = await anext(progress)  # request errors (bad id, unknown repo) come first
         except hub.HubError as exc:
             raise _hub_error(exc) from exc
+        if not stream:
+            return await _pull_whole(supervisor, repo, revision, first, progress)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         supervisor.events.emit("model.pull", None, repo=repo, revision=revision, status="started")
@@ -241,6 +256,27 @@ async def pull(request: web.Request) -> web.StreamResponse:
             supervisor.events.emit("model.pull", None, repo=repo, status="error", error=str(exc))
     await resp.write_eof()
     return resp
+
+
+async def _pull_whole(
+    supervisor: Supervisor,
+    repo: str,
+    revision: str | None,
+    last: dict[str, Any],
+    progress: AsyncIterator[dict[str, Any]],
+) -> web.Response:
+    """A pull answered as one JSON object (its last progress line, ``"status": "success"``)."""
+    from mlx_serve import hub  # noqa: PLC0415 - huggingface_hub only when used
+
+    supervisor.events.emit("model.pull", None, repo=repo, revision=revision, status="started")
+    try:
+        async for item in progress:
+            last = item
+    except hub.HubError as exc:
+        supervisor.events.emit("model.pull", None, repo=repo, status="error", error=str(exc))
+        raise _hub_error(exc) from exc
+    supervisor.events.emit("model.pull", None, repo=repo, status="success")
+    return web.json_response(last)
 
 
 async def _ndjson(resp: web.StreamResponse, item: dict[str, Any]) -> None:

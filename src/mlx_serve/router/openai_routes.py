@@ -18,11 +18,13 @@ from mlx_serve.errors import ApiError
 from mlx_serve.router.keys import SUPERVISOR
 from mlx_serve.router.multipart import MultipartError, form_fields
 from mlx_serve.router.proxy import Trace, Upstream, forward
+from mlx_serve.router.tool_checks import check_tool_fields
 from mlx_serve.router.validation import (
     check_chat,
     check_completion,
     check_embeddings,
     check_images,
+    check_rerank,
     check_speech,
     strip_fields,
 )
@@ -37,6 +39,7 @@ ENDPOINT_TYPES: dict[str, frozenset[ModelType]] = {
     "/v1/audio/speech": frozenset({ModelType.TTS}),
     "/v1/audio/transcriptions": frozenset({ModelType.STT}),
     "/v1/audio/translations": frozenset({ModelType.STT}),
+    "/v1/rerank": frozenset({ModelType.RERANK}),
 }
 
 #: Where a model of each type is served, for "wrong endpoint" errors.
@@ -46,7 +49,13 @@ TYPE_ENDPOINTS: dict[ModelType, str] = {
     ModelType.EMBEDDING: "/v1/embeddings",
     ModelType.TTS: "/v1/audio/speech",
     ModelType.STT: "/v1/audio/transcriptions",
+    ModelType.RERANK: "/v1/rerank",
 }
+
+#: Other paths of an endpoint, as clients spell it: vLLM's, Jina's and Infinity's clients
+#: (and litellm's ``hosted_vllm``/``infinity`` providers) post to ``/rerank``, Cohere's v2
+#: client (litellm's ``cohere`` provider given a bare ``api_base``) to ``/v2/rerank``.
+ENDPOINT_ALIASES: dict[str, str] = {"/rerank": "/v1/rerank", "/v2/rerank": "/v1/rerank"}
 
 #: Retry-After (seconds) suggested when the queue is full or a model is unavailable.
 RETRY_AFTER = "5"
@@ -276,6 +285,7 @@ JSON_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "/v1/completions": check_completion,
     "/v1/embeddings": check_embeddings,
     "/v1/audio/speech": check_speech,
+    "/v1/rerank": check_rerank,
 }
 
 
@@ -297,17 +307,35 @@ class Prepared:
         return json.dumps({**self.body, "model": upstream_model}).encode()
 
 
-def prepare(supervisor: Supervisor, body: dict[str, Any], endpoint: str) -> Prepared:
+def prepare(
+    supervisor: Supervisor,
+    body: dict[str, Any],
+    endpoint: str,
+    *,
+    clamp_max_tokens: bool = False,
+) -> Prepared:
     """Validate an OpenAI-shaped ``body`` for ``endpoint``: the model, ``keep_alive``, the
-    model's defaults, the endpoint's checks, images and the context length. Raises 4xx."""
+    model's defaults, the endpoint's checks, images and the context length. Raises 4xx.
+
+    ``clamp_max_tokens``: a ``max_tokens`` over the model's ``context_length`` is lowered to it
+    instead of refused. For dialects whose clients always send a large one (Claude Code asks
+    for 32000 on every request) and cannot be told otherwise.
+    """
     name = resolve_model(supervisor, body, endpoint)
     keep_alive = pop_keep_alive(body)
     worker = supervisor.workers[name]
     body = strip_fields({**worker.model.defaults, **body})  # the client's own values win
     JSON_CHECKS[endpoint](body)
+    if endpoint == "/v1/chat/completions":
+        check_tool_fields(body)
     if worker.model.type is ModelType.VISION and "messages" in body:
         check_images(body["messages"], allow_remote=supervisor.config.server.allow_remote_images)
-    _check_context_length(worker.model.context_length, body)
+    limit = worker.model.context_length
+    if clamp_max_tokens and limit is not None:
+        for key in ("max_tokens", "max_completion_tokens"):
+            if isinstance(body.get(key), int) and body[key] > limit:
+                body[key] = limit
+    _check_context_length(limit, body)
     return Prepared(name, body["model"], keep_alive, body, endpoint)
 
 
@@ -418,6 +446,8 @@ async def health(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     for endpoint in JSON_CHECKS:
         app.router.add_post(endpoint, _route(proxy_json, endpoint))
+    for alias, endpoint in ENDPOINT_ALIASES.items():
+        app.router.add_post(alias, _route(proxy_json, endpoint))
     for endpoint in ("/v1/audio/transcriptions", "/v1/audio/translations"):
         app.router.add_post(endpoint, _route(proxy_form, endpoint))
     app.router.add_get("/v1/models", list_models)

@@ -39,7 +39,10 @@ __all__ = ["add_cors_headers", "origin_middleware"]
 
 _LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_CORS_HEADERS = "Authorization, Content-Type, X-Api-Key, OpenAI-Organization, OpenAI-Project"
+_CORS_HEADERS = (
+    "Authorization, Content-Type, X-Api-Key, OpenAI-Organization, OpenAI-Project, "
+    "anthropic-version, anthropic-beta, anthropic-dangerous-direct-browser-access"
+)
 _CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 
 

@@ -93,6 +93,73 @@ def check_speech(body: dict[str, Any]) -> None:
     _number(body, "speed")
 
 
+#: Keys of a rerank document that would make it multimodal (mlx-vlm fetches such URLs).
+_MEDIA_KEYS = ("image", "image_url", "video", "video_url", "audio", "input_audio")
+
+
+def check_rerank(body: dict[str, Any]) -> None:
+    """A Cohere/Jina rerank body: a query, documents (strings or ``{"text": ...}``), and
+    ``top_n`` / ``return_documents`` / ``instruction`` / ``rank_fields`` when present.
+    (The rerank worker applies this same check.)"""
+    query = body.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise ApiError(
+            400, "'query' is required: a non-empty string to rank the documents for",
+            param="query",
+        )  # fmt: skip
+    documents = body.get("documents")
+    if not isinstance(documents, list) or not documents:
+        raise ApiError(
+            400,
+            "'documents' must be a non-empty list of strings or {\"text\": ...} objects",
+            param="documents",
+        )
+    rerank_documents(documents)
+    _positive_int(body, "top_n")
+    for key in ("max_chunks_per_doc", "max_tokens_per_doc"):
+        _positive_int(body, key)  # accepted, not used: long documents are truncated
+    value = body.get("return_documents")
+    if value is not None and not isinstance(value, bool):
+        raise ApiError(400, "'return_documents' must be true or false", param="return_documents")
+    instruction = body.get("instruction")
+    if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
+        raise ApiError(400, "'instruction' must be a non-empty string", param="instruction")
+    fields = body.get("rank_fields")
+    if fields is not None and (not isinstance(fields, list) or set(fields) - {"text"}):
+        raise ApiError(
+            400,
+            "'rank_fields' may only name \"text\": documents are ranked by their text",
+            param="rank_fields",
+        )
+
+
+def rerank_documents(documents: list[Any]) -> list[str]:
+    """The text of each rerank document (a string, or an object's ``text``); 400 otherwise."""
+    texts: list[str] = []
+    for index, document in enumerate(documents):
+        if isinstance(document, str):
+            texts.append(document)
+            continue
+        if isinstance(document, dict):
+            media = [key for key in _MEDIA_KEYS if key in document]
+            if media:
+                raise ApiError(
+                    400,
+                    f"documents[{index}] has {media[0]!r}: only text documents are supported",
+                    param="documents",
+                    code="unsupported_content",
+                )
+            if isinstance(document.get("text"), str):
+                texts.append(document["text"])
+                continue
+        raise ApiError(
+            400,
+            f'documents[{index}] must be a string or an object with a "text" string',
+            param="documents",
+        )
+    return texts
+
+
 #: Request fields that would make a worker load other weights (mlx_lm's ``adapters`` and
 #: ``draft_model``, mlx_vlm's ``adapter_path``) or size images beyond the model's own limits.
 #: They are removed before forwarding: a request must never change what a worker holds.

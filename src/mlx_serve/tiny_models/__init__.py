@@ -6,10 +6,12 @@ embedding model is the real all-MiniLM-L6-v2 shipped inside a PyPI package).
 
 from mlx_serve.tiny_models.audio import build_stt_model, build_tts_model
 from mlx_serve.tiny_models.embedding import embedding_model_dir
+from mlx_serve.tiny_models.rerank import build_rerank_model
 from mlx_serve.tiny_models.text import build_text_model, main
 from mlx_serve.tiny_models.vision import build_vision_model
 
 __all__ = [
+    "build_rerank_model",
     "build_stt_model",
     "build_text_model",
     "build_tts_model",

@@ -33,13 +33,14 @@ def default_drivers() -> dict[ModelType, WorkerDriver]:
     drivers: dict[ModelType, WorkerDriver] = {
         ModelType.TEXT: TextDriver(),
         ModelType.VISION: VisionDriver(),
-        # torch is imported through transformers but never used by these two (mlx-whisper
-        # does use it, so the stt worker keeps it).
+        # torch is imported through transformers but never used by the embedding, tts and
+        # rerank workers (mlx-whisper does use it, so the stt worker keeps it).
         ModelType.EMBEDDING: ModelServerDriver(
             "mlx_serve.workers.embedding_server", without=("torch",)
         ),
         ModelType.TTS: ModelServerDriver("mlx_serve.workers.tts_server", without=("torch",)),
         ModelType.STT: ModelServerDriver("mlx_serve.workers.stt_server"),
+        ModelType.RERANK: ModelServerDriver("mlx_serve.workers.rerank_server", without=("torch",)),
     }
     for model_type in ModelType:
         drivers.setdefault(
