@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,8 @@ async def tour(url: str, out_dir: Path) -> None:
             _check(r.status, data)
             console.print(f"[green]a[/] (alias of {a}): {data['choices'][0]['text']!r}")
 
+        await _dialects(http, b)
+
         console.rule("vision: a generated picture as a data: URL")
         t0 = time.perf_counter()
         content = [
@@ -218,6 +221,29 @@ async def tour(url: str, out_dir: Path) -> None:
             console.print(f"HTTP {r.status}: {(await r.json())['error']['message']}")
 
         await _show_models(http, "after the tour")
+
+
+async def _dialects(http: aiohttp.ClientSession, model: str) -> None:
+    """The same model through the other APIs clients speak (Anthropic, Responses, Ollama)."""
+    console.rule(f"the same model ({model}) in Anthropic's, OpenAI Responses' and Ollama's API")
+    hi = [{"role": "user", "content": "Say hi."}]
+    calls: list[tuple[str, str, dict[str, Any], Callable[[Any], str]]] = [
+        ("Anthropic", "/v1/messages", {"max_tokens": 16, "messages": hi},
+         lambda d: f"{d['content'][0]['text']!r} stop_reason={d['stop_reason']}"),
+        ("Responses", "/v1/responses", {"input": "Say hi.", "max_output_tokens": 16},
+         lambda d: f"{d['output'][-1]['content'][0]['text']!r} status={d['status']}"),
+        ("Ollama", "/api/chat", {"messages": hi, "stream": False, "options": {"num_predict": 16}},
+         lambda d: f"{d['message']['content']!r} done_reason={d['done_reason']}"),
+    ]  # fmt: skip
+    for label, path, body, show in calls:
+        async with http.post(path, json={"model": model, **body}) as r:
+            data = await r.json()
+            _check(r.status, data)
+        console.print(f"[bold]{label}[/] [dim]POST {path}[/]: {show(data)}")
+    async with http.post("/v1/messages/count_tokens", json={"model": model, "messages": hi}) as r:
+        data = await r.json()
+        _check(r.status, data)
+    console.print(f"[bold]Anthropic[/] [dim]count_tokens[/]: {data['input_tokens']} tokens")
 
 
 def _since(t0: float) -> str:

@@ -86,3 +86,5 @@ def test_demo_runs_the_tour_to_completion(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "swap time" in result.stdout
     assert "the tour failed" not in result.stdout
+    for dialect in ("POST /v1/messages", "POST /v1/responses", "POST /api/chat", "count_tokens"):
+        assert dialect in result.stdout, dialect
