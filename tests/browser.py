@@ -344,6 +344,18 @@ class Browser:
         await asyncio.to_thread(target.write_bytes, base64.b64decode(result["data"]))
         return target
 
+    async def resize(self, width: int, height: int) -> None:
+        """Give the page a ``width`` x ``height`` viewport (CSS pixels), as a resized window
+        would; returns once the page has laid itself out at that width."""
+        await self._send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
+        next_frame = "new Promise(r => requestAnimationFrame(() => r(true)))"
+        await self.wait_for(
+            f"innerWidth === {int(width)} && {next_frame}", what=f"a {width} px wide viewport"
+        )
+
     async def emulate_color_scheme(self, scheme: str) -> None:
         """Make ``prefers-color-scheme`` match ``"light"`` or ``"dark"`` ("" resets)."""
         await self._send(

@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from enum import StrEnum
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -68,6 +69,7 @@ class ApiError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
+        model: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -76,6 +78,9 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.headers = dict(headers or {})
+        #: The configured model the request was for, when it was known before the error (a
+        #: 400 for a model's own limits): the request is counted under it. Never sent.
+        self.model = model
 
     def body(self) -> dict[str, Any]:
         return {
@@ -109,13 +114,35 @@ class ApiError(Exception):
         return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
 
 
+def outcome_code(status: int, code: str | None = None) -> str:
+    """The label a request's outcome is counted under: its error code, else the status's
+    name (``not_implemented`` for a bare 501), ``ok`` below 400."""
+    if code:
+        return code
+    if status < 400:
+        return "ok"
+    if status == 499:
+        return "client_closed"
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return f"http_{status}"
+
+
+#: The error a request was answered with, for the router's outcome counting (see
+#: :func:`error_middleware`).
+API_ERROR = web.RequestKey("mlx_serve_api_error", ApiError)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    dialect = dialect_of(request.path)
+    """Render what a handler raised in the route's dialect; the error is also left on the
+    request (``request[API_ERROR]``) for a middleware further out that counts outcomes."""
     try:
         return await handler(request)
     except ApiError as exc:
-        return exc.response(dialect)
+        request[API_ERROR] = exc
+        return exc.response(dialect_of(request.path))
     except web.HTTPException as exc:
         # aiohttp's own 404/405/413 for unknown routes and methods: same JSON shape.
         if exc.status < 400:
@@ -127,12 +154,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 404:
             message = f"no route for {request.method} {request.path}"
         error = ApiError(exc.status, message, code=code, headers=_keep_allow(exc))
-        return error.response(dialect)
+        request[API_ERROR] = error
+        return error.response(dialect_of(request.path))
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return ApiError(
-            500, "internal error in mlx-serve (see its log)", code="internal_error"
-        ).response(dialect)
+        error = ApiError(500, "internal error in mlx-serve (see its log)", code="internal_error")
+        request[API_ERROR] = error
+        return error.response(dialect_of(request.path))
 
 
 def _keep_allow(exc: web.HTTPException) -> dict[str, str]:

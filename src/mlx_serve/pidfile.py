@@ -6,9 +6,10 @@ before anything else and holds it for the server's lifetime. The kernel drops it
 process dies, however it dies (SIGKILL included), so a crashed server never blocks a restart,
 and two ``start`` at the same moment cannot both win.
 
-The pid file is how the other commands find the server: it appears once the server listens
-(``start --detach`` waits for it) and ``stop`` / ``status`` read it through
-:func:`running_pid`.
+The pid file appears once the server listens (``start --detach`` waits for it), right after
+the runtime file (:mod:`mlx_serve.runtime_file`: pid, URL, config...), through which the other
+commands find the server; ``stop`` falls back to the pid file (:func:`running_pid`) for a server
+older than the runtime file.
 """
 
 from __future__ import annotations

@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from mlx_serve.config import Config, ModelType
+from mlx_serve.config.sizes import format_bytes
 from mlx_serve.observability.event_log import EventLogFile
 from mlx_serve.router.app import make_app
 from mlx_serve.supervisor import Supervisor
@@ -28,12 +31,6 @@ from mlx_serve.supervisor.reload import reload_from_file
 from mlx_serve.workers.base import WorkerDriver
 
 log = logging.getLogger("mlx_serve")
-
-#: Events worth a line in the server's own log.
-_LOGGED = {
-    "model.loaded", "model.unloaded", "swap", "worker.crashed", "worker.kill", "config.reload",
-    "memory.low", "model.evicted", "model.refused",
-}  # fmt: skip
 
 
 @dataclass
@@ -45,12 +42,137 @@ class ServerHandle:
     stop: Callable[[], None]
 
 
-def _log_event(event: Event) -> None:
-    if event.kind in _LOGGED or (
-        event.kind == "worker.state" and event.data.get("new") == "failed"
-    ):
-        details = " ".join(f"{k}={v}" for k, v in event.data.items() if k != "log_tail")
-        log.info("%s %s %s", event.kind, event.model or "", details)
+#: Events worth a line in the server's own log, at the level each one deserves: what needs
+#: the operator (a crash, a failed start, a rejected reload, a wrong API key) stands out from
+#: the routine (loads, unloads, swaps). ``worker.state`` is logged when a start failed, and
+#: ``config.reload`` at WARNING when the file was rejected.
+_LEVELS: dict[str, int] = {
+    "model.loaded": logging.INFO,
+    "model.unloaded": logging.INFO,
+    "swap": logging.INFO,
+    "model.evicted": logging.INFO,
+    "config.reload": logging.INFO,
+    "memory.ok": logging.INFO,
+    "memory.low": logging.WARNING,
+    "model.refused": logging.WARNING,
+    "worker.kill": logging.WARNING,
+    "worker.unresponsive": logging.WARNING,
+    "auth.failed": logging.WARNING,
+    "model.missing_files": logging.WARNING,
+    "model.pull": logging.INFO,
+    "worker.crashed": logging.ERROR,
+}
+#: Details that only repeat what the line already says, or are too long for one line.
+_UNLOGGED = frozenset({"log_tail", "old", "new", "status", "trigger"})
+#: A client failing authentication again and again gets one line per this many seconds.
+AUTH_LOG_INTERVAL = 60.0
+
+
+class EventLogger:
+    """The listener that writes the events of :data:`_LEVELS` to the ``mlx_serve`` log.
+
+    One line per event: its kind, its model and the details that say something (no
+    ``error=None``, no empty lists); sizes in bytes are written as sizes (``1.2 GiB``).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._auth: dict[tuple[object, object], tuple[float, int]] = {}
+
+    def __call__(self, event: Event) -> None:
+        line = self.describe(event)
+        if line is not None:
+            log.log(line[0], "%s", line[1])
+
+    def describe(self, event: Event) -> tuple[int, str] | None:
+        """The level and text of ``event``'s log line; None if it gets none."""
+        kind, data = event.kind, event.data
+        if kind == "worker.state":
+            if data.get("new") != "failed" or data.get("old") != "starting":
+                return None  # a crash (already logged as worker.crashed) or routine
+            return logging.ERROR, _line("model.failed", event.model, data)
+        level = _LEVELS.get(kind)
+        if level is None:
+            return None
+        if kind == "config.reload":
+            return _reload_line(data)
+        if kind == "worker.crashed":
+            return level, _line(kind, event.model, data) + _signal_name(data.get("exit_code"))
+        if kind == "model.pull":  # auto_pull's (and /api/pull's) start and end, no progress
+            status = data.get("status")
+            if status not in ("started", "success", "error", "cancelled"):
+                return None
+            level = logging.WARNING if status == "error" else logging.INFO
+            return level, f"{_line(kind, event.model, data)} status={status}"
+        if kind == "auth.failed":
+            return self._auth_line(event)
+        return level, _line(kind, event.model, data)
+
+    def _auth_line(self, event: Event) -> tuple[int, str] | None:
+        """The first failure of a client (address and reason) in each interval; the count
+        of those not logged comes with the next line."""
+        key = (event.data.get("remote"), event.data.get("reason"))
+        now = self._clock()
+        since, suppressed = self._auth.get(key, (-AUTH_LOG_INTERVAL, 0))
+        if now - since < AUTH_LOG_INTERVAL:
+            self._auth[key] = (since, suppressed + 1)
+            return None
+        if len(self._auth) > 1000:  # many clients: forget old ones rather than grow
+            self._auth.clear()
+        self._auth[key] = (now, 0)
+        text = _line(event.kind, event.model, event.data)
+        if suppressed:
+            text += f" ({suppressed} more from this client not logged)"
+        return logging.WARNING, text
+
+
+def _line(kind: str, model: str | None, data: Mapping[str, Any]) -> str:
+    parts = [kind, model or ""]
+    for key, value in data.items():
+        if key in _UNLOGGED or value is None or value in ("", [], {}):
+            continue
+        parts.append(f"{_key(key)}={_value(key, value)}")
+    return " ".join(part for part in parts if part)
+
+
+def _key(key: str) -> str:
+    return key.removesuffix("_bytes") if key.endswith("_bytes") else key
+
+
+def _value(key: str, value: object) -> str:
+    if key.endswith("_bytes") and isinstance(value, int) and not isinstance(value, bool):
+        return format_bytes(value)
+    if isinstance(value, list | tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _signal_name(code: object) -> str:
+    """`` (killed by SIGKILL)`` for a negative exit code (a process killed by a signal)."""
+    if isinstance(code, int) and code < 0:
+        try:
+            return f" (killed by {signal.Signals(-code).name})"
+        except ValueError:
+            return f" (killed by signal {-code})"
+    return ""
+
+
+def _reload_line(data: Mapping[str, Any]) -> tuple[int, str]:
+    trigger = data.get("trigger")
+    how = f" ({trigger})" if trigger else ""
+    if data.get("status") != "ok":
+        error = data.get("error") or "invalid config"
+        return logging.WARNING, (
+            f"config.reload{how} rejected, the running config stays in force:\n{error}"
+        )
+    changes = {
+        key: data.get(key)
+        for key in ("added", "removed", "restarted", "updated", "server_changed", "restart_needed")
+    }
+    text = _line(f"config.reload{how}", None, changes)
+    if text == f"config.reload{how}":
+        return logging.INFO, f"{text}: no changes"
+    return (logging.WARNING if data.get("restart_needed") else logging.INFO), text
 
 
 def _start_reloading(supervisor: Supervisor, requested: asyncio.Event) -> list[asyncio.Task[None]]:
@@ -89,7 +211,7 @@ async def serve(
     host = host or config.server.host
     port = config.server.port if port is None else port
     supervisor = Supervisor(config, data_dir=data_dir, drivers=drivers)
-    supervisor.events.add_listener(_log_event)
+    supervisor.events.add_listener(EventLogger())
     event_log = EventLogFile(data_dir / "events.jsonl")
     supervisor.events.add_listener(event_log)
     runner = web.AppRunner(

@@ -28,9 +28,11 @@ import psutil
 import pytest
 import yaml
 
+from mlx_serve import __version__
 from mlx_serve.cli.client import Client, ServerNotRunning, ServerTooOld
 from mlx_serve.observability.event_log import EventLogFile
-from mlx_serve.pidfile import running_pid
+from mlx_serve.pidfile import pid_path, running_pid
+from mlx_serve.runtime_file import runtime_path
 from mlx_serve.supervisor.events import Event
 from mlx_serve.testing.fake_hub import FakeHub
 from mlx_serve.tiny_models import build_text_model
@@ -259,8 +261,11 @@ def test_status_table_and_json(server: Server) -> None:
     result = server.run("status")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("mlx-serve ") and " · up " in lines[0]
-    assert lines[1] == f"config {server.config}"
+    # The server, like `lms status`: version, URL, pid (from its runtime file), uptime.
+    assert lines[0].startswith(f"mlx-serve {__version__} · {server.url} · pid {server.proc.pid}")
+    assert " · up " in lines[0]
+    shown = lines[1].removeprefix("config ")
+    assert shown == str(server.config) or str(server.config).endswith(shown.removeprefix("…"))
     assert all(len(line) <= 80 for line in lines), result.stdout
     assert "model" in result.stdout and "tok/s" in result.stdout
     rows = {line.split()[0]: line.split() for line in lines if line.split()}
@@ -290,7 +295,7 @@ def test_not_running(tmp_path: Path) -> None:
     home = tmp_path / "home"
     config = write_config(tmp_path / "models.yaml", {"m": {"path": "org/m"}}, port=port)
     env = cli_env(home, config)
-    for args in (["status"], ["models", "list"], ["models", "load", "m"], ["reload"]):
+    for args in (["status"], ["ps"], ["models", "list"], ["models", "load", "m"], ["reload"]):
         result = run(env, *args)
         assert result.returncode == 3, (args, result.stdout, result.stderr)
         assert result.stderr.strip() == (
@@ -341,9 +346,24 @@ def test_models_load_show_unload(server: Server) -> None:
     listing = server.run("models", "list")
     assert listing.returncode == 0, listing.stderr
     rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines() if line.split()}
-    assert rows["tiny"][1:4] == ["text", "loaded", "t"]
-    assert rows["hubtiny"][1:3] == ["text", "unloaded"]
+    # The size of its weights on disk; the hub model is not downloaded yet: nothing.
+    assert rows["tiny"][1:3] == ["text", "loaded"] and rows["tiny"][4] in ("KiB", "MiB")
+    assert rows["tiny"][5] == "t"
+    assert rows["hubtiny"][1:4] == ["text", "unloaded", "—"]
     assert all(len(line) <= 80 for line in listing.stdout.splitlines())
+
+    # ps: only what is loaded, with its memory, time until it is unloaded, and worker pid.
+    worker_pid = json.loads(server.run("models", "show", "tiny", "--json").stdout)["pid"]
+    ps = server.run("ps")
+    assert ps.returncode == 0, ps.stderr
+    lines = ps.stdout.splitlines()
+    assert "until unload" in lines[0] and all(len(line) <= 80 for line in lines)
+    (row,) = [line.split() for line in lines[2:]]
+    assert row[:3] == ["tiny", "text", "loaded"] and row[4] in ("KiB", "MiB")
+    assert row[5] in ("29m59s", "30m") or row[5].startswith("29m"), row
+    assert row[6] == str(worker_pid)
+    loaded = json.loads(server.run("ps", "--json").stdout)["models"]
+    assert [m["name"] for m in loaded] == ["tiny"]
 
     status = server.run("status")
     (row,) = [line.split() for line in status.stdout.splitlines() if line.startswith("tiny ")]
@@ -361,6 +381,10 @@ def test_models_load_show_unload(server: Server) -> None:
     assert result.stdout.startswith("✓ tiny unloaded in ")
     data = json.loads(server.run("models", "list", "--json").stdout)
     assert {m["name"]: m["status"] for m in data["models"]}["tiny"] == "unloaded"
+    again = server.run("models", "unload", "t")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "tiny is not loaded; nothing to unload"
+    assert server.run("ps").stdout.startswith("no model is loaded (3 configured")
 
     result = server.run("models", "load", "nope")
     assert result.returncode == 1
@@ -392,6 +416,10 @@ def test_models_pull_with_progress_then_rm(server: Server, hub: FakeHub) -> None
 
     local = server.run("models", "rm", "tiny", "--yes")
     assert local.returncode == 1 and "add --local" in local.stderr
+    # Without --yes: refused at once, not after a "Delete ...?" the user answered.
+    asked = server.run("models", "rm", "t")
+    assert asked.returncode == 1 and "add --local" in asked.stderr
+    assert "Delete" not in asked.stderr
 
     missing = server.run("models", "pull", "mlx-serve-test/nope")
     assert missing.returncode == 1 and "error:" in missing.stderr
@@ -527,6 +555,7 @@ def test_stop_and_restart(tmp_path: Path, tiny_model: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert f"stopped mlx-serve (pid {second})" in result.stderr
         assert not psutil.pid_exists(second) or psutil.Process(second).status() == "zombie"
+        assert not runtime_path(home).exists() and not pid_path(home).exists()
         assert run(env, "status").returncode == 3
         assert run(env, "stop").returncode == 3
     finally:

@@ -1,7 +1,8 @@
 """The dashboard page in a real (headless) Chromium, driven over CDP by ``tests/browser.py``.
 
 The page is tested against a *target*: a server that speaks the management API contract
-(``GET /api/stats``, ``GET /api/events?follow=true``, ``POST /api/models/{name}/load|unload``)
+(``GET /api/stats`` with its ``?history=``, ``GET /api/events?follow=true``,
+``POST /api/models/{name}/load|unload``)
 plus ``POST /v1/chat/completions``. Two targets exist:
 
 * ``stub``: :class:`StubServer` below, an aiohttp app implementing the contract with fake
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +32,12 @@ import pytest
 from aiohttp import web
 
 import mlx_serve
+from mlx_serve.config import ModelType, parse_duration
+from mlx_serve.router import management
+from mlx_serve.testing import FakeWorkerDriver
 from tests.browser import Browser, PageError, chromium_binary
+from tests.conftest import POLL_INTERVAL
+from tests.integration.conftest import StartServer
 
 pytestmark = [
     pytest.mark.slow,
@@ -186,8 +194,10 @@ class StubServer:
         }
         self.events: list[dict[str, Any]] = []
         self.spares: list[dict[str, Any]] = []  # as ``Spare.to_json``
+        self.history: list[dict[str, Any]] = []  # as ``MemorySample.to_json``, oldest first
         self.subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self.stream_connections = 0
+        self.history_requests = 0
         self.auth_failures = 0
         self.url = ""
         self._seq = 0
@@ -348,6 +358,27 @@ class StubServer:
         self._state(m, "stopped", exit_code=0)
         self.emit("model.unloaded", m.name, reason=reason, was="ready", duration_s=0.2)
 
+    def seed_history(self, seconds: float, interval: float = 5.0) -> None:
+        """Memory samples of the last ``seconds``, as a server running before the page was
+        opened has them: qwen loaded all along (its RSS wobbling), qwen-vl for the last 40%."""
+        now = time.time()
+        count = int(seconds // interval)
+        self.history = []
+        for i in range(count, 0, -1):
+            models = {"qwen": int(0.6 * GiB) + self._rng.randint(-20, 20) * MiB}
+            if i < count * 0.4:
+                models["qwen-vl"] = 2 * GiB
+            self.history.append(
+                {
+                    "t": now - i * interval,
+                    "available_bytes": int(19.5 * GiB) - sum(models.values()),
+                    "total_bytes": 32 * GiB,
+                    "workers_rss_bytes": sum(models.values()),
+                    "router_rss_bytes": 87 * MiB,
+                    "models": models,
+                }
+            )
+
     async def drop_streams(self) -> None:
         """End every open event stream cleanly (as a restarting server would)."""
         for queue in list(self.subscribers):
@@ -466,8 +497,26 @@ class StubServer:
     async def _page(self, _: web.Request) -> web.StreamResponse:
         return web.FileResponse(DASHBOARD, headers={"Cache-Control": "no-cache"})
 
-    async def _stats(self, _: web.Request) -> web.Response:
-        return web.json_response(self.stats())
+    async def _stats(self, request: web.Request) -> web.Response:
+        body = self.stats()
+        if "history" in request.query:  # as management.history_window: a positive duration
+            try:
+                seconds = parse_duration(request.query["history"])
+            except ValueError:
+                seconds = 0
+            if seconds <= 0:
+                return web.json_response(
+                    _error("bad 'history'", 400, "invalid_history"), status=400
+                )
+            self.history_requests += 1
+            start = time.time() - seconds
+            body["history"] = {
+                "window_s": seconds,
+                "interval_s": 5.0,
+                "retention_s": 1800.0,
+                "samples": [x for x in self.history if x["t"] >= start],
+            }
+        return web.json_response(body)
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
@@ -751,13 +800,13 @@ async def settle(browser: Browser) -> None:
     )
 
 
-def check_png(path: Path, min_bytes: int = 20_000) -> tuple[int, int]:
+def check_png(path: Path, min_bytes: int = 20_000, min_width: int = 1000) -> tuple[int, int]:
     """Assert ``path`` is a real, non-trivial PNG; return its size in pixels."""
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     assert data[12:16] == b"IHDR"
     width, height = struct.unpack(">II", data[16:24])
-    assert width >= 1000 and height >= 600, (width, height)
+    assert width >= min_width and height >= 600, (width, height)
     assert len(data) > min_bytes, f"suspiciously small screenshot: {len(data)} bytes"
     return width, height
 
@@ -1197,3 +1246,292 @@ async def test_spares_beside_the_budget_on_a_laptop_screen(
         assert stopped.startswith("stopped (not wanted any more) · pid ")
         assert await browser.evaluate("document.querySelector('#budget-bar .spares-seg')") is None
         assert unexpected(browser.errors) == []
+
+
+# ---------------------------------------------------------------------------- layout
+
+#: JS (``dashboard_layout.js``): ``{problems, measures}`` of the page at the current width.
+#: ``problems`` lists what is wrong with the layout, by kind (all empty when it fits); boxes
+#: are compared, not pixels:
+#:
+#: * ``page``: the document scrolls sideways;
+#: * ``beyond``: a visible element whose box leaves the viewport;
+#: * ``panels``: two of the header and the panels intersect;
+#: * ``overlaps``: two visible children of a row of parts (a performance row, a panel head,
+#:   the budget strip, a table row, an event...) intersect;
+#: * ``spills``: an element whose content is wider than its box and is not cut with an
+#:   ellipsis (the whole text is then in its tooltip): it scrolls sideways, or draws over
+#:   its neighbours;
+#: * ``buttons``: a Load/Unload button not wholly visible (outside the viewport or the
+#:   table's box, or covered: the hit test at its edges finds something else).
+#:
+#: ``measures``: the widths the layout is made of (page, models table and its box, panels),
+#: the table's visible columns, and whether the models are cards.
+LAYOUT = (Path(__file__).parent / "dashboard_layout.js").read_text()
+
+
+async def test_fits_a_wide_screen_a_laptop_and_a_phone(
+    stub_factory: Callable[..., Awaitable[StubServer]], tmp_path: Path
+) -> None:
+    """Stub-only, every panel filled (a budget, an eviction, two spares, long model names,
+    requests, a crash with its log): at 1400, 1024 and 390 px nothing scrolls sideways, leaves
+    the viewport, overlaps or spills, and every Load/Unload button is wholly visible. The
+    models table drops the columns shown elsewhere as it narrows, and is cards on a phone."""
+    stub = await stub_factory(budget=int(3.5 * GiB))
+    stub.seed_history(600)
+    for name in ("qwen", "llama", "qwen", "qwen-vl", "qwen-vl", "llama"):
+        await stub.chat(name)
+    stub.start_spare("text")
+    stub.spare_ready("text", 86 * MiB)
+    stub.start_spare("embedding")
+    stub.emit(
+        "worker.crashed",
+        "minilm",
+        exit_code=-9,
+        reason="killed by SIGKILL",
+        signal="SIGKILL",
+        pid=41999,
+        log_tail="=== mlx-serve: starting minilm\nloading weights\n" + "x" * 300 + "\n",
+    )
+    async with Browser.launch(width=1400, height=900) as browser:
+        await browser.navigate(f"{stub.url}/dashboard{FAST}")
+        await wait_status(browser, "qwen-vl", "loaded")
+        await browser.wait_for(
+            "document.querySelectorAll('#perf .perf-row').length === 3", what="performance rows"
+        )
+        await wait_event(browser, "worker.crashed")
+        await browser.wait_for(
+            "document.querySelectorAll('#spares-list .spare').length === 2", what="spares"
+        )
+        measured: dict[int, Any] = {}
+        for width, height in ((1400, 900), (1024, 768), (390, 844)):
+            await browser.resize(width, height)
+            layout = await browser.evaluate(LAYOUT)
+            problems = layout["problems"]
+            assert problems == {k: [] for k in problems}, f"at {width} px: {problems}"
+            measured[width] = layout["measures"]
+            await settle(browser)
+            shot = await browser.screenshot(tmp_path / f"dashboard-{width}.png", full_page=True)
+            check_png(shot, min_width=width)
+        # The crash's log, opened, must fit too (its long line wraps).
+        await browser.evaluate("document.querySelector('#events .ev-more').open = true")
+        problems = (await browser.evaluate(LAYOUT))["problems"]
+        assert problems == {k: [] for k in problems}, f"with the log open: {problems}"
+    # Every column on a wide screen; at 1024 px those shown elsewhere go (Loaded: the status
+    # tooltip; TTFT and tok/s: the Performance panel); a phone gets cards.
+    all_columns = ["model", "type", "status", "mem", "loaded", "used", "idle", "req", "ttft"]
+    assert measured[1400]["columns"] == [*all_columns, "tps", "actions"]
+    assert measured[1024]["columns"] == [
+        "model", "type", "status", "mem", "used", "idle", "req", "actions"
+    ]  # fmt: skip
+    assert not measured[1024]["cards"] and measured[390]["cards"]
+    for width, m in measured.items():
+        assert m["page"] <= width and m["table"] <= m["table_box"], (width, m)
+    assert unexpected(browser.errors) == []
+
+
+async def test_memory_chart_is_filled_on_load_and_scaled_to_the_models(
+    stub: StubServer, browser: Browser
+) -> None:
+    """Stub-only: the server's last ten minutes come with the first stats (``?history=``),
+    once; the chart stacks each model's RSS on an axis scaled to them (4 GiB here, on a
+    32 GiB machine) with the budget line when it is in range; "System" is the old view."""
+    stub.seed_history(600)
+    await stub.chat("qwen")
+    await stub.chat("qwen-vl")  # evicts qwen: one model at a time
+    await browser.navigate(f"{stub.url}/dashboard{FAST}")
+    await browser.wait_for("window.mlxServeDashboard.samples.length >= 100", what="the history")
+    # The first stats brought ten minutes back (the page has been open for a second).
+    oldest = await browser.evaluate("Date.now() - window.mlxServeDashboard.samples[0].t")
+    assert 9 * 60_000 < oldest < 11 * 60_000
+    assert stub.history_requests == 1
+    await browser.wait_for(
+        "window.mlxServeDashboard.chart?.names.join() === 'qwen,qwen-vl'", what="two series"
+    )
+    chart = await browser.evaluate("window.mlxServeDashboard.chart")
+    assert chart["mode"] == "models" and chart["budget"] is None
+    assert 2.5 * GiB < chart["dataMax"] < 2.7 * GiB  # qwen and qwen-vl stacked
+    assert chart["yMax"] == 3 * GiB  # scaled to the data, not to the 32 GiB machine
+    legend = await browser.evaluate(
+        "[...document.querySelectorAll('#legend > span')].map(s => s.textContent)"
+    )
+    # qwen was evicted: nothing now.
+    assert legend == ["qwen—", "qwen-vl2.00 GiB", "total2.00 GiB"]
+    # Hovering: the models at that moment, the top of the stack first, and their total.
+    canvas = "document.getElementById('memchart')"
+    await browser.evaluate(
+        f"(() => {{ const r = {canvas}.getBoundingClientRect(); {canvas}.dispatchEvent("
+        "new MouseEvent('mousemove', {clientX: r.right - 60, clientY: r.top + 40})); })()"
+    )
+    tip = await browser.evaluate(
+        "[...document.getElementById('chart-tip').children].slice(1)"
+        ".map(d => [d.firstChild.textContent, d.lastChild.textContent])"
+    )
+    assert [label for label, _ in tip] == ["qwen-vl", "qwen", "total"], tip
+    assert tip[0][1] == "2.00 GiB" and tip[2][1].endswith(" GiB"), tip
+    assert 2.5 < float(tip[2][1].split()[0]) < 2.7, tip  # qwen-vl's 2 GiB on qwen's 0.6
+    await browser.evaluate(
+        "document.getElementById('memchart').dispatchEvent(new MouseEvent('mouseleave'))"
+    )
+    assert await browser.evaluate("document.getElementById('chart-tip').hidden")
+
+    # Polls add the page's own samples; the history is not asked for again.
+    count = await browser.evaluate("window.mlxServeDashboard.samples.length")
+    await browser.wait_for(
+        f"window.mlxServeDashboard.samples.length >= {count + 3}", what="more samples"
+    )
+    assert stub.history_requests == 1
+
+    # The system view: available memory and workers against the machine's total.
+    await browser.click("#chart-mode button[data-mode=system]")
+    chart = await browser.evaluate("window.mlxServeDashboard.chart")
+    assert chart["mode"] == "system" and chart["yMax"] >= 32 * GiB
+    assert await browser.evaluate(
+        "[...document.querySelectorAll('#legend > span')].map(s => s.firstChild.className)"
+    ) == ["avail", "workers"]
+    # Remembered across a reload, like the window.
+    await browser.reload()
+    await browser.wait_for("window.mlxServeDashboard.chart?.mode === 'system'", what="system")
+    await browser.click("#chart-mode button[data-mode=models]")
+    assert await browser.evaluate("window.mlxServeDashboard.chart.mode") == "models"
+    assert unexpected(browser.errors) == []
+
+
+async def test_memory_chart_shows_the_budget_when_it_is_in_range(
+    stub_factory: Callable[..., Awaitable[StubServer]], browser: Browser
+) -> None:
+    stub = await stub_factory(budget=int(3.5 * GiB))
+    stub.seed_history(300)
+    await browser.navigate(f"{stub.url}/dashboard{FAST}")
+    await browser.wait_for(
+        "window.mlxServeDashboard.chart?.budget > 0", what="the budget on the chart"
+    )
+    chart = await browser.evaluate("window.mlxServeDashboard.chart")
+    assert chart["budget"] == int(3.5 * GiB) and chart["yMax"] == 4 * GiB
+    assert unexpected(browser.errors) == []
+
+
+def crash_li(model: str) -> str:
+    """JS expression: the newest worker.crashed entry of ``model`` in the log."""
+    return (
+        "[...document.querySelectorAll('#events li[data-kind=\"worker.crashed\"]')]"
+        f".find(li => li.querySelector('.ev-model').textContent === {q(model)})"
+    )
+
+
+async def test_crash_events_say_why_and_keep_the_log_folded(
+    stub: StubServer, browser: Browser
+) -> None:
+    """Stub-only: a crash reads as the event's reason ("killed by SIGKILL"), or what its exit
+    code says when it has none; the worker's last log lines (this start's, not blank) are
+    under it, folded, never an unrelated line in place of the reason."""
+    await browser.navigate(f"{stub.url}/dashboard{FAST}")
+    await browser.wait_for("document.getElementById('conn').dataset.state === 'live'", what="live")
+    tail = "\n".join(
+        [
+            "=== mlx-serve: starting qwen: python -m mlx_serve.workers.text",
+            "an earlier start's line",
+            "=== mlx-serve: starting qwen: python -m mlx_serve.workers.text",
+            "loading weights",
+            "",
+            'INFO:     127.0.0.1:50312 - "GET /health HTTP/1.1" 200 OK',
+        ]
+    )
+    stub.emit(
+        "worker.crashed", "qwen", exit_code=-9, signal="SIGKILL", reason="killed by SIGKILL",
+        pid=4242, log_tail=tail,
+    )  # fmt: skip
+    stub.emit("worker.crashed", "llama", exit_code=-11, log_tail="")  # no reason: from the code
+    stub.emit("worker.crashed", "minilm", exit_code=3, log_tail="Traceback...\nValueError: x\n")
+    assert await event_text(browser, "worker.crashed", "qwen") == "killed by SIGKILL · pid 4242"
+    assert await event_text(browser, "worker.crashed", "llama") == "killed by SIGSEGV"
+    assert await event_text(browser, "worker.crashed", "minilm") == "exited with code 3"
+
+    details = f"{crash_li('qwen')}.querySelector('details.ev-more')"
+    assert await browser.evaluate(f"{details}.open") is False  # folded
+    assert await browser.evaluate(f"{details}.querySelector('summary').textContent") == (
+        "last 2 log lines"
+    )
+    assert await browser.evaluate(f"{details}.querySelector('pre').checkVisibility()") is False
+    await browser.evaluate(f"{details}.querySelector('summary').click()")
+    assert await browser.evaluate(f"{details}.querySelector('pre').checkVisibility()") is True
+    assert await browser.evaluate(f"{details}.querySelector('pre').textContent") == (
+        'loading weights\nINFO:     127.0.0.1:50312 - "GET /health HTTP/1.1" 200 OK'
+    )
+    # No log: no fold. An error row in red, like every failure.
+    assert await browser.evaluate(f"{crash_li('llama')}.querySelector('details')") is None
+    assert await browser.evaluate(f"{crash_li('minilm')}.classList.contains('is-error')")
+    # Opened folds stay open while new events arrive (the rows are kept, not rebuilt).
+    stub.emit("memory.ok", available_bytes=GiB, total_bytes=32 * GiB)
+    await wait_event(browser, "memory.ok")
+    assert await browser.evaluate(f"{details}.open") is True
+    assert unexpected(browser.errors) == []
+
+
+async def test_real_server_history_and_a_killed_worker(
+    start_server: StartServer, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real server (a fake worker): it samples memory from startup, serves the samples
+    with ``?history=`` (400 for a bad duration), the page starts with them; a worker killed
+    with SIGKILL reads as such in the log, with its log lines folded under it."""
+    monkeypatch.setattr(management, "HISTORY_INTERVAL", 0.1)
+    run = await start_server(
+        {"a": {"path": "fake/a"}}, drivers={ModelType.TEXT: FakeWorkerDriver()}
+    )
+    async with run.http.post("/api/models/a/load", json={}) as r:
+        assert r.status == 200, await r.text()
+
+    async def history(value: str) -> tuple[int, Any]:
+        async with run.http.get("/api/stats", params={"history": value}) as r:
+            return r.status, await r.json()
+
+    samples: list[dict[str, Any]] = []
+
+    async def loaded_samples() -> int:
+        nonlocal samples
+        status, body = await history("1m")
+        assert status == 200, body
+        samples = body["history"]["samples"]
+        return sum("a" in s["models"] for s in samples)
+
+    deadline = time.monotonic() + 20
+    while await loaded_samples() < 5:
+        assert time.monotonic() < deadline, "no samples of the loaded model"
+        await asyncio.sleep(POLL_INTERVAL)
+    with_a = [s for s in samples if "a" in s["models"]]
+    assert all(s["models"]["a"] > 0 for s in with_a)
+    assert all(s["workers_rss_bytes"] == sum(s["models"].values()) for s in samples)
+    assert [s["t"] for s in samples] == sorted(s["t"] for s in samples)
+    for bad in ("soon", "0", "-1m", ""):
+        status, body = await history(bad)
+        assert status == 400, (bad, body)
+        error = body["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == "history"
+        assert error["code"] == "invalid_history" and "history" in error["message"]
+    async with run.http.get("/api/stats") as r:  # without it: no history in the answer
+        assert "history" not in await r.json()
+
+    # The page starts with the server's samples, on an axis scaled to the worker's RSS.
+    await browser.navigate(f"{run.url}/dashboard{FAST}")
+    await wait_status(browser, "a", "loaded")
+    await browser.wait_for(
+        "window.mlxServeDashboard.samples.filter(s => s.server).length >= 5",
+        what="the server's samples",
+    )
+    await browser.wait_for("window.mlxServeDashboard.chart?.names.join() === 'a'", what="a")
+    chart = await browser.evaluate("window.mlxServeDashboard.chart")
+    total = samples[-1]["total_bytes"]
+    assert chart["dataMax"] <= chart["yMax"] < max(4 * chart["dataMax"], 64 * MiB) < total
+
+    # kill -9 the worker: the crash says so, its log lines are folded under it.
+    pid = run.supervisor.workers["a"].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    text = await event_text(browser, "worker.crashed", "a")
+    assert "SIGKILL" in text, text
+    details = f"{crash_li('a')}.querySelector('details.ev-more')"
+    assert await browser.evaluate(f"{details}.open") is False
+    log = await browser.evaluate(f"{details}.querySelector('pre').textContent")
+    assert f"fake worker pid {pid}" in log, log
+    await wait_status(browser, "a", "failed")
+    assert unexpected(browser.errors) == []

@@ -30,14 +30,16 @@ async def test_startup_timeout_reports_why_and_kills_the_worker(start_server: St
     run = await start_server(
         {"hang": fake({"never_ready": True})},
         drivers=FAKE,
-        startup_timeout="1s",
+        # Long enough for the worker to print its first line on a loaded machine (its
+        # imports alone can take a second then): that line is what the error must show.
+        startup_timeout="3s",
         stop_timeout="500ms",
     )
     status, data = await run.chat("hang")
     assert status == 503
     error = data["error"]
     assert error["code"] == "model_unavailable"
-    assert "not ready after startup_timeout=1s" in error["message"]
+    assert "not ready after startup_timeout=3s" in error["message"]
     assert "fake worker pid" in error["message"], "the worker's log tail is in the error"
     worker = run.supervisor.workers["hang"]
     assert worker.state.value == "failed" and worker.pid is None
@@ -148,11 +150,18 @@ async def test_client_disconnect_mid_stream_aborts_upstream(start_server: StartS
 async def test_crash_while_idle_is_noticed_without_a_request(start_server: StartServer) -> None:
     run = await start_server({"m": fake()}, drivers=FAKE)
     assert (await run.chat("m"))[0] == 200
-    pid = run.supervisor.workers["m"].pid
+    pid, port = run.supervisor.workers["m"].pid, run.supervisor.workers["m"].port
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     await eventually(lambda: run.kinds("worker.crashed") != [], what="crash event")
     assert run.supervisor.workers["m"].state.value == "failed"
+    crash = run.kinds("worker.crashed")[0].data
+    # Why, from the exit status: a signal says nothing in the log, so the log's last line
+    # (an unrelated one) must not pass for the reason.
+    assert crash["reason"].startswith("the worker was killed by SIGKILL"), crash
+    assert (crash["signal"], crash["exit_code"], crash["pid"]) == ("SIGKILL", -9, pid)
+    assert crash["log_tail"] == f"fake worker pid {pid} on port {port}"
+    assert "killed by SIGKILL" in (run.supervisor.workers["m"].last_error or "")
     assert (await run.chat("m"))[0] == 200
 
 

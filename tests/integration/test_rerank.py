@@ -212,7 +212,7 @@ async def test_swaps_with_a_text_model_one_at_a_time(run: Running) -> None:
 
 @pytest.mark.asyncio(loop_scope="module")
 # litellm's rerank types trip a pydantic warning the first time they are built in a process.
-@pytest.mark.filterwarnings("ignore:Items .* ReadOnly:UserWarning")
+@pytest.mark.filterwarnings("ignore:Items .*ReadOnly.*:UserWarning")
 async def test_litellm_rerank_clients(run: Running) -> None:
     import litellm
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from mlx_serve.pidfile import AlreadyRunning, acquire_lock, lock_path, pid_path, running_pid
+from mlx_serve.runtime_file import is_alive, read_runtime, runtime_path
 from mlx_serve.tiny_models import build_text_model
 from mlx_serve.workers.process import free_port
 from tests.conftest import eventually
@@ -133,14 +134,25 @@ async def test_two_starts_on_one_data_dir(tmp_path: Path) -> None:
         assert f"(pid {winner.pid})" in flat(detached.stderr)
         assert winner.poll() is None and running_pid(home) == winner.pid
 
-        # SIGKILL: no cleanup runs, the pid file stays behind; the kernel drops the lock.
+        # The runtime file names the winner, on its own port.
+        info = read_runtime(runtime_path(home))
+        assert info is not None and info.pid == winner.pid and is_alive(info)
+        assert info.url == f"http://127.0.0.1:{ports[1 - loser_i]}"
+
+        # SIGKILL: no cleanup runs, the pid and runtime files stay behind; the kernel drops
+        # the lock, and the files are recognised as stale.
         os.kill(winner.pid, signal.SIGKILL)
         winner.wait(30)
         assert pid_path(home).exists() and running_pid(home) is None
         assert lock_path(home).exists()
+        assert read_runtime(runtime_path(home)) == info and not is_alive(info)
 
     async with cli_server(configs[loser_i], ports[loser_i], home, tmp_path / "again.log") as again:
         await eventually(lambda: running_pid(home) == again.pid, 30, "the new server's pid file")
+        fresh = read_runtime(runtime_path(home))
+        assert fresh is not None and fresh.pid == again.pid, "the stale file was replaced"
+        assert fresh.url == f"http://127.0.0.1:{ports[loser_i]}"
+    assert not runtime_path(home).exists(), "removed when the server stopped"
 
 
 async def test_port_in_use(tmp_path: Path) -> None:
@@ -169,7 +181,7 @@ async def test_port_in_use(tmp_path: Path) -> None:
     assert result.returncode == 1, output
     assert "could not start the server:" in output and "address already in use" in output
     assert f"('127.0.0.1', {port})" in output
-    assert not pid_path(home).exists()
+    assert not pid_path(home).exists() and not runtime_path(home).exists()
     # No worker ever started: none logged, none announced.
     assert not list(home.glob("logs/*.log"))
     events = home / "events.jsonl"

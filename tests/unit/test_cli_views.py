@@ -19,7 +19,7 @@ from rich.console import Console, RenderableType
 from rich.text import Text
 
 from mlx_serve.cli import views
-from mlx_serve.cli.client import _api_error, _url_for, load_settings, parse_since
+from mlx_serve.cli.client import _api_error, load_settings, parse_since, url_for
 from mlx_serve.cli.commands import worker_log_path
 
 NOW = 1_700_000_000.0
@@ -29,12 +29,19 @@ MIB = 2**20
 
 
 def _metrics(count: int = 0, ttft: float | None = None, tps: float | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"count": count, "errors": 0}
+    out: dict[str, Any] = {
+        "count": count,
+        "errors": 0,
+        "statuses": {"200": count} if count else {},
+        "error_codes": {},
+    }
     for name, value in (("ttft", ttft), ("latency", None if ttft is None else ttft * 10)):
         for q in (50, 95, 99):
             out[f"{name}_p{q}_s"] = value
     for q in (50, 95, 99):
         out[f"queued_p{q}_s"] = None if ttft is None else 0.0
+        out[f"load_p{q}_s"] = None
+    out["cold_starts"] = 0
     out["tokens_per_s_p50"] = tps
     return out
 
@@ -90,6 +97,7 @@ def _model(name: str, **fields: Any) -> dict[str, Any]:
         "inflight": 0,
         "waiting": 0,
         "pinned": False,
+        "pull": None,
         "memory": _memory(),
         "metrics": _metrics(),
     }
@@ -123,6 +131,13 @@ def sample_stats() -> dict[str, Any]:
             "spares_bytes": 90_000_000,
         },
         "queue": {"waiting": 0},
+        "requests": {
+            "count": 0,
+            "errors": 0,
+            "statuses": {},
+            "error_codes": {},
+            "unknown": {"count": 0, "errors": 0, "statuses": {}, "error_codes": {}},
+        },
         "models": models,
         "spares": [
             {
@@ -307,12 +322,13 @@ def test_status_table_fits_80_columns() -> None:
         assert header in head
     for header in ("left", "reqs", "TTFT", "p50 ms", "tok/s"):
         assert header in head
-    assert lines[0].startswith("mlx-serve 0.4.0 · up 2h05m · 5.1 GiB of 16.0 GiB free")
+    assert lines[0] == "mlx-serve 0.4.0 · up 2h05m"
     assert lines[1] == "config /Users/someone/.mlx-serve/models.yaml"
-    assert lines[2] == (
+    assert lines[2] == "memory 5.1 GiB of 16.0 GiB free · workers 4.2 GiB"
+    assert lines[3] == (
         "budget 12.0 GiB · planned 4.6 GiB · free 7.4 GiB · 75% of 16.0 GiB physical"
     )
-    assert lines[3] == "spares: text (pid 4501, 85.8 MiB)"
+    assert lines[4] == "spares: text (pid 4501, 85.8 MiB)"
 
     rows = {line.split()[0]: line for line in lines if line.split()}
     # memory: what the loaded model measures; planned: what the budget counts for it.
@@ -327,6 +343,110 @@ def test_status_table_fits_80_columns() -> None:
     assert rows["whisper"].split()[1:6] == ["stt", "failed", "—", "?", "never"]
     (llama,) = [line for line in lines if line.startswith("Meta-Llama")]
     assert llama.split()[3:6] == ["—", "~4.7", "GiB"], "only an estimate: never loaded"
+
+
+def test_status_header_names_the_server_and_fits_80_columns() -> None:
+    """Like `lms status`: version, URL, pid, uptime; the config; memory. At 80 columns in a
+    Console of that width nothing wraps, even with every figure at its widest."""
+    stats = sample_stats()
+    stats["version"] = "0.4.0.dev0"
+    stats["uptime_s"] = 12 * 86400 + 3 * 3600
+    stats["queue"] = {"waiting": 12}
+    stats["memory"]["system_available_bytes"] = int(123.4 * GIB)
+    stats["memory"]["system_total_bytes"] = 512 * GIB
+    stats["memory"]["workers_rss_bytes"] = int(99.9 * GIB)
+    url = "http://127.0.0.1:18095"
+    text = render(views.status_view(stats, now=NOW, url=url, pid=4194303))
+    assert_fits(text)
+    lines = text.splitlines()
+    assert lines[0] == f"mlx-serve 0.4.0.dev0 · {url} · pid 4194303 · up 12d03h"
+    assert lines[1] == "config /Users/someone/.mlx-serve/models.yaml"
+    assert lines[2] == "memory 123 GiB of 512 GiB free · workers 99.9 GiB · 12 waiting"
+
+
+def test_status_header_breaks_between_figures_never_inside_one() -> None:
+    url = "http://[fd00:1234:5678:9abc::1]:18095"
+    text = render(views.status_header(sample_stats(), url=url, pid=4242), width=60)
+    assert_fits(text, 60)
+    lines = text.splitlines()
+    assert lines[0] == f"mlx-serve 0.4.0 · {url}"
+    assert lines[1] == "pid 4242 · up 2h05m", "the figures that did not fit, whole"
+    assert lines[2] == "config /Users/someone/.mlx-serve/models.yaml"
+
+
+def test_a_long_config_path_loses_its_start_not_its_file_name() -> None:
+    stats = {**sample_stats(), "config_path": "/Users/someone/" + "deep/" * 20 + "models.yaml"}
+    lines = render(views.status_header(stats)).splitlines()
+    assert_fits("\n".join(lines))
+    assert lines[1].startswith("config …") and lines[1].endswith("/deep/models.yaml")
+    assert len(lines[1]) == 80
+
+
+def test_segments_cut_a_part_too_long_for_any_line() -> None:
+    parts = [Text("a" * 30), Text("b" * 100)]
+    lines = [line.plain for line in views.Segments(parts).lines(40)]
+    assert lines == ["a" * 30, "b" * 39 + "…"]
+
+
+def test_the_request_column_has_a_legend_when_it_needs_one() -> None:
+    text = render(views.status_view(sample_stats(), now=NOW))
+    (legend,) = [line for line in text.splitlines() if line.startswith("reqs ")]
+    assert legend == "reqs = requests so far, +in flight now, +queued (q)"
+    stats = sample_stats()
+    for model in stats["models"]:
+        model["inflight"] = model["waiting"] = 0
+    assert "requests so far" not in render(views.status_view(stats, now=NOW))
+    stats["models"][0]["waiting"] = 1
+    assert "+queued (q)" in render(views.status_view(stats, now=NOW))
+
+
+def _loaded() -> list[dict[str, Any]]:
+    models = [m for m in sample_stats()["models"] if m["status"] in views.RESIDENT_STATUSES]
+    for pid, model in enumerate(models, start=4242):
+        model["pid"] = pid
+    return models
+
+
+def test_ps_lists_loaded_models_with_size_and_time_until_unload() -> None:
+    loaded = _loaded()
+    busy = _model(
+        "busy-one",
+        status="loaded",
+        pid=4300,
+        inflight=1,
+        requests=7,
+        expires_in_s=None,
+        memory=_memory((GIB, 0, 250 * MIB, None)),
+    )
+    leaving = _model("leaving", status="unloading", pid=4301, rss_bytes=GIB)
+    text = render(views.ps_view([*loaded, busy, leaving], configured=9))
+    assert_fits(text)
+    lines = text.splitlines()
+    for header in ("model", "type", "status", "size", "until unload", "pid", "reqs"):
+        assert header in lines[0]
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    # Measured memory when the worker has been measured, else what is planned for it.
+    assert rows["qwen"][1:] == ["text", "loaded", "1.2", "GiB", "6m55s", "4242", "42"]
+    assert rows["minilm"][1:] == ["embed", "loading", "≥250", "MiB", "—", "4243", "0"]
+    assert rows["pinned"][1:] == [
+        *("📌", "vision", "loaded", "3.0", "GiB", "forever", "4244", "1200+2"),
+    ]
+    assert rows["busy-one"][1:] == ["text", "loaded", "~1.2", "GiB", "busy", "4300", "7+1"]
+    assert rows["leaving"][1:] == ["text", "unloading", "1.0", "GiB", "unloading", "4301", "0"]
+    assert len(lines) == 2 + 5
+
+
+def test_ps_with_nothing_loaded_says_so() -> None:
+    text = render(views.ps_view([], configured=3))
+    assert text.startswith("no model is loaded (3 configured; a request loads one")
+    assert render(views.ps_view([])).strip() == "no model is loaded"
+
+
+def test_until_unload() -> None:
+    assert views.until_unload(_model("m", status="loaded", expires_in_s=3725.0)).plain == "1h02m"
+    forever = _model("m", status="loaded", idle_timeout_s=-1.0, expires_in_s=None)
+    assert views.until_unload(forever).plain == "forever"
+    assert views.until_unload(_model("m", status="draining")).plain == "unloading"
 
 
 def test_long_model_name_is_cut_with_an_ellipsis_not_wrapped() -> None:
@@ -428,8 +548,8 @@ def test_a_long_budget_source_is_cut_not_wrapped() -> None:
     )
     lines = render(views.status_view(stats, now=NOW)).splitlines()
     assert_fits("\n".join(lines))
-    assert lines[2].startswith("budget 12.0 GiB · planned 4.6 GiB · free 7.4 GiB · auto:")
-    assert lines[2].endswith("…") and lines[3].startswith("spares: ") and lines[4] == ""
+    assert lines[3].startswith("budget 12.0 GiB · planned 4.6 GiB · free 7.4 GiB · auto:")
+    assert lines[3].endswith("…") and lines[4].startswith("spares: ") and lines[5] == ""
 
 
 def test_status_shows_the_last_eviction() -> None:
@@ -495,7 +615,7 @@ def test_spares_line(stats: dict[str, Any], expected: str) -> None:
     (line,) = [x for x in lines if x.startswith("spares")]
     assert line == expected
     # Under the memory line, above the table; never a row of the table.
-    assert lines.index(line) == 3 and lines[4] == ""
+    assert lines.index(line) == 4 and lines[5] == ""
     table = render(views.status_table(stats, now=NOW))
     assert not [x for x in table.splitlines() if x.split()[:1] == [stats["spares"][0]["kind"]]]
 
@@ -514,7 +634,7 @@ def test_no_spares_no_line() -> None:
         assert views.spares_line(stats) is None
         lines = render(views.status_view(stats, now=NOW)).splitlines()
         assert "spares" not in "\n".join(lines)
-        assert lines[2].startswith("budget ") and lines[3] == "", "the table follows at once"
+        assert lines[3].startswith("budget ") and lines[4] == "", "the table follows at once"
 
 
 def test_many_spares_lose_their_pids_then_their_end() -> None:
@@ -580,9 +700,13 @@ def test_models_table_fits_and_keeps_the_end_of_long_paths() -> None:
     text = render(views.models_table(models))
     assert_fits(text)
     (qwen,) = [line for line in text.splitlines() if line.startswith("qwen ")]
-    assert qwen.split()[1:4] == ["text", "loaded", "default"]
+    # disk: the size of the weights on disk, from the estimate the server made of the files.
+    assert qwen.split()[1:6] == ["text", "loaded", "819", "MiB", "default"]
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.split()}
+    assert rows["minilm"][1:4] == ["embed", "loading", "—"], "not downloaded: nothing on disk"
+    assert rows["whisper"][1:4] == ["stt", "failed", "?"], "no estimate: the size is unknown"
     path = qwen.split()[-1]
-    assert path.startswith("…") and path.endswith("/qwen2.5-7b-instruct-4bit"), "start is cut"
+    assert path.startswith("…") and path.endswith("2.5-7b-instruct-4bit"), "its start is cut"
     (llama,) = [line for line in text.splitlines() if "Meta-Llama" in line]
     assert "…" in llama and llama.rstrip().endswith(LONG_NAME[-12:])
     assert len(text.rstrip("\n").splitlines()) == 5 + 2
@@ -927,10 +1051,10 @@ def test_api_errors_are_read_from_the_openai_shape() -> None:
 
 
 def test_url_for_a_bind_address() -> None:
-    assert _url_for("127.0.0.1", 8095) == "http://127.0.0.1:8095"
-    assert _url_for("0.0.0.0", 80) == "http://127.0.0.1:80"
-    assert _url_for("::", 9) == "http://[::1]:9"
-    assert _url_for("fe80::1", 9) == "http://[fe80::1]:9"
+    assert url_for("127.0.0.1", 8095) == "http://127.0.0.1:8095"
+    assert url_for("0.0.0.0", 80) == "http://127.0.0.1:80"
+    assert url_for("::", 9) == "http://[::1]:9"
+    assert url_for("fe80::1", 9) == "http://[fe80::1]:9"
 
 
 def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -259,12 +259,16 @@ def test_yaml_syntax_error_has_line() -> None:
         parse_config_text("server:\n  port: 1\n bad: [\n")
     assert info.value.line == 3
     assert "invalid YAML" in info.value.message
+    # In plain words (tests/unit/test_yaml_errors.py has the rest); PyYAML's as the detail.
+    assert "'bad' is indented 1 space but 'port' (line 2) is indented 2" in info.value.message
+    assert info.value.detail is not None and "expected <block end>" in info.value.detail
 
 
 def test_tab_indentation_is_a_yaml_error() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config_text("server:\n\tport: 1\n")
     assert info.value.line == 2
+    assert "a tab character is not allowed for indentation" in info.value.message
 
 
 def test_duplicate_yaml_key_reported() -> None:

@@ -135,3 +135,22 @@ def test_operator_unload_drains_then_stops_and_is_not_undone() -> None:
     assert next_action(views(draining), LIMITS, now=0) is None  # no Undrain
     done = ModelView("a", S.DRAINING, unload_requested=True)
     assert next_action(views(done), LIMITS, now=0) == Stop("a", "unload")
+
+
+def test_a_model_whose_files_are_being_pulled_waits_without_evicting_anyone() -> None:
+    """Its requests queue for the download (auto_pull): nothing can start for them yet, so
+    no idle model is swapped out, no busy one drained, and no fairness timer runs."""
+    pulling = ModelView("b", S.STOPPED, waiting=3, oldest_wait=0, fetching=True)
+    idle = ModelView("a", S.READY, last_used=0, idle_timeout=600)
+    busy = ModelView("a", S.READY, inflight=2, contended_admits=99)
+    assert next_action(views(idle, pulling), LIMITS, now=100) is None
+    assert next_action(views(busy, pulling), LIMITS, now=100) is None
+    assert next_deadline(views(idle, pulling), LIMITS, now=100) == 600  # the idle timer only
+    # Another model's waiters are served meanwhile.
+    other = ModelView("c", S.STOPPED, waiting=1, oldest_wait=50)
+    assert next_action(views(idle, pulling, other), LIMITS, now=100) == Stop(
+        "a", "swap", for_model="c"
+    )
+    # Once the files are there, it starts like any other.
+    done = ModelView("b", S.STOPPED, waiting=3, oldest_wait=0)
+    assert next_action(views(done), LIMITS, now=100) == Start("b")

@@ -23,7 +23,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mlx_serve.cli.service_cmd import build_app
+from mlx_serve.cli.service_cmd import (
+    TRANSIENT_ENV,
+    build_app,
+    service_environment,
+    status_exit_code,
+)
 from mlx_serve.service import (
     CommandResult,
     Expect,
@@ -471,7 +476,7 @@ def test_launchd_status_running_crashed_signaled_and_absent(tmp_path: Path) -> N
     running = status_for(CommandResult(0, LAUNCHCTL_PRINT_RUNNING))
     assert (running.loaded, running.running, running.pid) == (True, True, 4242)
     assert running.last_exit_code is None
-    assert running.installed is False and running.exit_code == 4
+    assert running.installed is False and status_exit_code(running) == 5
 
     crashed = status_for(CommandResult(0, LAUNCHCTL_PRINT_CRASHED))
     assert (crashed.running, crashed.pid, crashed.last_exit_code) == (False, None, 78)
@@ -709,7 +714,7 @@ def test_systemd_status_parsing(tmp_path: Path, show: str, expected: tuple[Any, 
         status.last_exit_code,
         status.last_signal,
         status.enabled,
-        status.exit_code,
+        status_exit_code(status),
     )
     assert got == expected
     assert status.installed
@@ -724,7 +729,7 @@ def test_systemd_status_without_a_user_manager(tmp_path: Path) -> None:
     status = systemd_status("mlx-serve", environ=ctx.environ, home=ctx.home, runner=fake)
     assert status.running is None
     assert "No medium found" in (status.error or "") and "enable-linger" in (status.error or "")
-    assert status.exit_code == 4  # not installed wins
+    assert status_exit_code(status) == 5  # not installed wins
 
 
 # --- systemd-analyze verify ------------------------------------------------------------------
@@ -1039,15 +1044,110 @@ def test_cli_dry_run_prints_everything_and_changes_nothing(
 
 def test_cli_install_needs_a_valid_config(tmp_path: Path, env: dict[str, str | None]) -> None:
     fake = FakeSystemctl()
-    missing = invoke(
-        fake, ["install", "-c", str(tmp_path / "nope.yaml"), "--platform", "systemd"], env
-    )
-    assert missing.exit_code == 1 and "mlx-serve init" in missing.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("server:\n  port: lots\n")
     invalid = invoke(fake, ["install", "-c", str(bad), "--platform", "systemd"], env)
     assert invalid.exit_code == 2 and "port" in invalid.stderr
     assert fake.calls == []
+
+
+def test_cli_install_on_a_fresh_machine_writes_the_default_config(
+    tmp_path: Path, env: dict[str, str | None]
+) -> None:
+    """No models.yaml yet: --dry-run shows what would be installed (and that the default
+    config would be written first) without writing it; install writes it and says so."""
+    from mlx_serve.config import example_config_text, load_config
+
+    fake = FakeSystemctl()
+    default = tmp_path / "home" / ".mlx-serve" / "models.yaml"
+    before = files_under(tmp_path)
+    dry = invoke(fake, ["install", "--dry-run", "--platform", "systemd"], env)
+    assert dry.exit_code == 0, dry.output
+    assert f"# no config at {default}: the default one would be written there" in dry.stdout
+    assert f"--config {default}" in dry.stdout and "ExecStart=" in dry.stdout
+    assert files_under(tmp_path) == before and fake.calls == []
+
+    result = invoke(fake, ["install", "--platform", "systemd"], env)
+    assert result.exit_code == 0, result.output
+    assert default.read_text() == example_config_text()
+    load_config(default)  # what it wrote is a valid config
+    assert f"wrote the default config {default}" in " ".join(result.stderr.split())
+    assert "installed and started" in result.stderr
+    assert ("systemctl", "--user", "restart", UNIT) in fake.calls
+
+    # Installed again: the config is the user's now, never overwritten.
+    default.write_text(example_config_text() + "# mine\n")
+    again = invoke(fake, ["install", "--platform", "systemd"], env)
+    assert again.exit_code == 0, again.output
+    assert default.read_text().endswith("# mine\n") and "wrote the default" not in again.stderr
+
+
+def test_service_environment_dedupes_path_and_leaves_transient_variables_out() -> None:
+    environ = {
+        "PATH": "/opt/homebrew/bin:/usr/bin::/opt/homebrew/bin:/bin:/usr/bin",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": "/data/hf",
+        "EDITOR": "vim",
+    }
+    env = service_environment(environ)
+    assert env.environ["PATH"] == "/opt/homebrew/bin:/usr/bin:/bin"
+    assert env.path_duplicates == 3
+    assert "HF_HUB_OFFLINE" not in env.environ and env.left_out == ("HF_HUB_OFFLINE",)
+    assert env.environ["HF_HOME"] == "/data/hf" and env.extra == ()
+
+    kept = service_environment(environ, ["HF_HUB_OFFLINE", "EDITOR"])
+    assert kept.environ["HF_HUB_OFFLINE"] == "1" and kept.left_out == ()
+    assert kept.extra == (("EDITOR", "vim"),), "a variable mlx-serve would not copy itself"
+    for bad in (["NOT_SET_ANYWHERE"], ["1BAD"]):
+        with pytest.raises(typer.BadParameter):
+            service_environment(environ, bad)
+    assert TRANSIENT_ENV == ("HF_HUB_OFFLINE",)
+
+
+@pytest.mark.parametrize("platform", ["launchd", "systemd"])
+def test_cli_dry_run_says_what_it_copies_from_the_environment(
+    tmp_path: Path, env: dict[str, str | None], config_file: Path, platform: str
+) -> None:
+    fake = FakeLaunchd() if platform == "launchd" else FakeSystemctl()
+    shell = {
+        **env,
+        "PATH": "/opt/homebrew/bin:/usr/bin:/opt/homebrew/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "EDITOR": "vim",
+    }
+    args = ["install", "-c", str(config_file), "--dry-run", "--platform", platform]
+    result = invoke(fake, args, shell)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert (
+        "# environment copied from this shell: PATH (1 repeated or empty entry dropped), "
+        "MLX_SERVE_HOME, HF_HOME\n" in out
+    )
+    assert "# left out: HF_HUB_OFFLINE (a setting of this shell, not of a service; " in out
+    assert "`--env HF_HUB_OFFLINE` copies it)" in out
+    assert "HF_HUB_OFFLINE" not in out.split("# left out:")[1].split("\n", 1)[1]
+    assert "/opt/homebrew/bin:/usr/bin:/bin" in out
+    assert "/opt/homebrew/bin:/usr/bin:/opt/homebrew/bin" not in out
+    assert "EDITOR" not in out
+
+    asked = invoke(fake, [*args, "--env", "HF_HUB_OFFLINE", "--env", "EDITOR"], shell)
+    assert asked.exit_code == 0, asked.output
+    assert "# left out" not in asked.stdout
+    assert "HF_HUB_OFFLINE" in asked.stdout.split("# environment copied")[1].split("\n")[0]
+    if platform == "launchd":
+        assert "<key>HF_HUB_OFFLINE</key>" in asked.stdout and "<key>EDITOR</key>" in asked.stdout
+    else:
+        assert '"HF_HUB_OFFLINE=1"' in asked.stdout or "HF_HUB_OFFLINE=1" in asked.stdout
+        assert "EDITOR=vim" in asked.stdout
+
+    missing = invoke(fake, [*args, "--env", "NOPE_NOT_SET"], shell)
+    assert missing.exit_code == 2 and "NOPE_NOT_SET is not set" in missing.stderr
+
+    # A real install says the same, on stderr.
+    installed = invoke(fake, [*args[:-3], "--platform", platform], shell)
+    assert installed.exit_code == 0, installed.output
+    assert "left out: HF_HUB_OFFLINE" in " ".join(installed.stderr.split())
 
 
 def test_cli_uninstall(tmp_path: Path, env: dict[str, str | None], config_file: Path) -> None:
@@ -1098,7 +1198,7 @@ def test_cli_status_exit_codes_and_json(
 ) -> None:
     fake = FakeSystemctl(show=SYSTEMCTL_SHOW_NOT_FOUND)
     absent = invoke(fake, ["status", "--platform", "systemd"], env)
-    assert absent.exit_code == 4
+    assert absent.exit_code == 5, "not installed: 4 would read as 'API key rejected'"
     assert "not installed" in absent.stdout and "mlx-serve service install" in absent.stdout
 
     assert (
@@ -1118,6 +1218,11 @@ def test_cli_status_exit_codes_and_json(
     assert data["installed"] is True and data["running"] is False
     assert data["last_exit_code"] == 2 and data["program"] == sys.executable
     assert data["program_exists"] is True
+
+    fake.show = "LoadState=loaded\nActiveState=\n"
+    fake.fail = {"show": CommandResult(1, "", "Failed to connect to bus")}
+    unknown = invoke(fake, ["status", "--platform", "systemd"], env)
+    assert unknown.exit_code == 1, unknown.output
 
 
 def test_cli_status_notices_a_moved_virtualenv(

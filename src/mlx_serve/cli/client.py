@@ -18,7 +18,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlx_serve.runtime_file import RuntimeInfo
 
 __all__ = [
     "DEFAULT_URL",
@@ -32,6 +35,7 @@ __all__ = [
     "Unauthorized",
     "load_settings",
     "parse_since",
+    "url_for",
 ]
 
 URL_ENV_VAR = "MLX_SERVE_URL"
@@ -44,6 +48,9 @@ DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 CONNECT_TIMEOUT = 5.0
 #: Seconds to wait for a short answer (stats, lists). Loads and pulls wait as long as needed.
 READ_TIMEOUT = 30.0
+#: Seconds a server found through its runtime file has to answer ``/health`` before the CLI
+#: falls back to the config's address: a local server answers in milliseconds.
+HEALTH_TIMEOUT = 2.0
 #: Seconds of silence after which an event stream is considered dead: the server sends an SSE
 #: comment every 15 s, so four missed pings mean a half-open connection, not a quiet server.
 FOLLOW_TIMEOUT = 60.0
@@ -89,7 +96,9 @@ class Settings:
 
     ``data_dir`` and ``config_path`` matter for the commands that work on files (``stop``,
     ``logs --worker``, ``logs`` while the server is down); ``config_error`` is kept so those
-    commands can say why they fell back to defaults instead of failing.
+    commands can say why they fell back to defaults instead of failing. ``server`` is the
+    running server found through its runtime file (:mod:`mlx_serve.runtime_file`): when there
+    is one, ``url`` and ``data_dir`` are its own, whatever the config says now.
     """
 
     url: str
@@ -98,21 +107,33 @@ class Settings:
     config_path: Path
     config_error: str | None = None
     model_names: Mapping[str, str] | None = None  # alias or name -> name, from the config
+    server: RuntimeInfo | None = None
 
 
 def load_settings(
-    url: str | None = None, api_key: str | None = None, config: Path | None = None
+    url: str | None = None,
+    api_key: str | None = None,
+    config: Path | None = None,
+    *,
+    discover: bool = True,
+    check_health: bool = True,
 ) -> Settings:
-    """Resolve the URL (``--url``, ``$MLX_SERVE_URL``, the config's host:port, the default),
-    the API key (``--api-key``, the config's ``server.api_key``, ``$MLX_API_KEY`` - the
-    order the server itself uses) and the
-    data directory (the config's ``server.data_dir``, else ``$MLX_SERVE_HOME``).
+    """Resolve the URL, the API key and the data directory.
+
+    The URL: ``--url``, else ``$MLX_SERVE_URL``, else the running server's own (found through
+    its runtime file, checked by its pid and, with ``check_health``, a ``/health`` answer),
+    else the config's host:port, else the default. The API key: ``--api-key``, the config's
+    ``server.api_key``, ``$MLX_API_KEY`` - the order the server itself uses (the runtime file
+    holds no key: a reload can change it, and a second copy of a secret would go stale). The
+    data directory: the running server's, else the config's ``server.data_dir``, else
+    ``$MLX_SERVE_HOME`` (``~/.mlx-serve``).
 
     A missing or broken config is not an error here: the CLI must still be able to reach a
     running server or stop it while the file is being edited. The problem is reported in
-    :attr:`Settings.config_error` for the commands that need the file.
+    :attr:`Settings.config_error` for the commands that need the file. ``check_health=False``
+    (``stop``) takes a live pid as enough: a server too busy to answer must still stop.
     """
-    from mlx_serve.config import ConfigError, find_config_path, load_config
+    from mlx_serve.config import CONFIG_ENV_VAR, ConfigError, find_config_path, load_config
     from mlx_serve.paths import home_dir
 
     path = find_config_path(config)
@@ -128,7 +149,7 @@ def load_settings(
             error = str(exc)
             server_url, server_key, data_dir = _salvage(path, server_url, data_dir)
         else:
-            server_url = _url_for(cfg.server.host, cfg.server.port)
+            server_url = url_for(cfg.server.host, cfg.server.port)
             server_key = cfg.server.api_key
             data_dir = cfg.server.data_dir or data_dir
             names = {}
@@ -138,7 +159,21 @@ def load_settings(
                     names[alias] = name
     elif config is not None:
         error = f"{path}: config file not found"
-    resolved_url = url or os.environ.get(URL_ENV_VAR, "").strip() or server_url
+    explicit_url = url or os.environ.get(URL_ENV_VAR, "").strip() or None
+    server: RuntimeInfo | None = None
+    if discover:
+        from mlx_serve.runtime_file import find_server
+
+        explicit_config = config is not None or bool(os.environ.get(CONFIG_ENV_VAR, "").strip())
+        found = find_server(
+            config_path=path, data_dir=data_dir, home=home_dir(), any_server=not explicit_config
+        )
+        if found is not None and (not check_health or _answers(found.url)):
+            server = found
+            data_dir = found.data_dir
+            if explicit_url is None:
+                server_url = found.url
+    resolved_url = explicit_url or server_url
     # The server's own order: its config's key, else $MLX_API_KEY (router/auth.py).
     resolved_key = api_key or server_key or os.environ.get(API_KEY_ENV_VAR) or None
     return Settings(
@@ -148,7 +183,16 @@ def load_settings(
         config_path=path,
         config_error=error,
         model_names=names,
+        server=server,
     )
+
+
+def _answers(url: str) -> bool:
+    """Whether an mlx-serve answers ``GET /health`` at ``url`` (open even with an API key)."""
+    try:
+        return Client(url).health(timeout=HEALTH_TIMEOUT).get("status") == "ok"
+    except (ClientError, ValueError, OSError):
+        return False
 
 
 def _salvage(path: Path, url: str, data_dir: Path) -> tuple[str, str | None, Path]:
@@ -165,7 +209,7 @@ def _salvage(path: Path, url: str, data_dir: Path) -> tuple[str, str | None, Pat
         return url, None, data_dir
     host, port = server.get("host", "127.0.0.1"), server.get("port", DEFAULT_PORT)
     if isinstance(host, str) and isinstance(port, int) and not isinstance(port, bool):
-        url = _url_for(host, port)
+        url = url_for(host, port)
     key = server.get("api_key")
     raw_dir = server.get("data_dir")
     if isinstance(raw_dir, str) and raw_dir:
@@ -173,7 +217,7 @@ def _salvage(path: Path, url: str, data_dir: Path) -> tuple[str, str | None, Pat
     return url, key if isinstance(key, str) else None, data_dir
 
 
-def _url_for(host: str, port: int) -> str:
+def url_for(host: str, port: int) -> str:
     """The URL a client uses for a server bound to ``host``: a wildcard bind is reached on
     loopback, and IPv6 literals need brackets."""
     if host in ("0.0.0.0", ""):
@@ -232,8 +276,8 @@ class Client:
 
     # ------------------------------------------------------------- endpoints
 
-    def health(self) -> dict[str, Any]:
-        return self._object("GET", "/health")
+    def health(self, timeout: float = READ_TIMEOUT) -> dict[str, Any]:
+        return self._object("GET", "/health", timeout=timeout)
 
     def stats(self) -> dict[str, Any]:
         return self._object("GET", "/api/stats")

@@ -1,18 +1,13 @@
-"""The commands that operate a running server: ``status``, ``logs``, ``models ...``, ``stop``,
-``restart``, ``reload``. ``register(app)`` mounts them on the main typer app.
+"""The commands that operate a running server: ``status``, ``ps``, ``logs``, ``models ...``,
+``stop``, ``restart``, ``reload``. ``register(app)`` mounts them on the main typer app.
 
-They all talk to the server over HTTP (:mod:`.client`) and render with :mod:`.views`; the few
-that must work while the server is down (``stop``, ``logs`` from the event file, ``logs
---worker``) read the data directory instead. Exit codes are part of the interface, so scripts
-can tell "not running" from "refused" from "failed":
-
-====  =============================================================================
-0     done
-1     the server answered with an error (unknown model, failed load, ...)
-2     bad usage, or an invalid models.yaml (``reload``)
-3     mlx-serve is not running (nothing answers at the URL; no live pid for ``stop``)
-4     the server wants an API key, and none or a wrong one was sent
-====  =============================================================================
+They find the server through its runtime file first (:mod:`mlx_serve.runtime_file`: the
+address it really listens on, whatever models.yaml says now), then through the config. They
+talk to it over HTTP (:mod:`.client`) and render with :mod:`.views`; the few that must work
+while the server is down or unreachable (``stop``, ``logs`` from the event file, ``logs
+--worker``) use the pid and the data directory instead. Exit codes are part of the interface,
+so scripts can tell "not running" from "refused" from "misconfigured": see
+:mod:`.exit_codes`.
 """
 
 from __future__ import annotations
@@ -43,24 +38,17 @@ from mlx_serve.cli.client import (
     load_settings,
     parse_since,
 )
+from mlx_serve.cli.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     import psutil
 
 __all__ = [
-    "EXIT_API_ERROR",
-    "EXIT_CONFIG",
-    "EXIT_NOT_RUNNING",
-    "EXIT_UNAUTHORIZED",
     "models_app",
     "register",
     "worker_log_path",
+    "write_example_config",
 ]
-
-EXIT_API_ERROR = 1
-EXIT_CONFIG = 2
-EXIT_NOT_RUNNING = 3
-EXIT_UNAUTHORIZED = 4
 
 #: How often ``logs -f`` looks for new lines in a file (a worker log, or the event log while
 #: the server is down). Files have no push notification that works everywhere without a
@@ -79,7 +67,8 @@ UrlOpt = Annotated[
     str | None,
     typer.Option(
         "--url",
-        help="server URL (default: $MLX_SERVE_URL, else host:port from the config)",
+        help="server URL (default: $MLX_SERVE_URL, else the running server's, else "
+        "host:port from the config)",
         show_default=False,
     ),
 ]
@@ -103,8 +92,24 @@ ConfigOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the API's JSON")]
 
 
+def write_example_config(path: Path) -> None:
+    """Write the commented example models.yaml to ``path`` (``init``, and ``service install``
+    on a machine without a config), atomically: never a half-written config."""
+    from mlx_serve.config import example_config_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(example_config_text(), encoding="utf-8")
+    tmp.replace(path)
+
+
+#: The last settings :func:`_connect` resolved: the error handlers mention a broken config.
+_settings: Settings | None = None
+
+
 def _connect(url: str | None, api_key: str | None, config: Path | None) -> tuple[Settings, Client]:
-    settings = load_settings(url, api_key, config)
+    global _settings  # noqa: PLW0603 - one command per process
+    settings = _settings = load_settings(url, api_key, config)
     if settings.config_error:
         first = settings.config_error.splitlines()[0]
         err.print(Text(f"warning: {first} (using {settings.url})", style="yellow"))
@@ -114,7 +119,7 @@ def _connect(url: str | None, api_key: str | None, config: Path | None) -> tuple
         raise typer.BadParameter(str(exc), param_hint="--url") from None
 
 
-def _fail(message: str | Text, code: int = EXIT_API_ERROR) -> NoReturn:
+def _fail(message: str | Text, code: ExitCode = ExitCode.FAILED) -> NoReturn:
     text = Text("error: ", style="bold red")
     text.append_text(message if isinstance(message, Text) else Text(message))
     err.print(text)
@@ -128,7 +133,7 @@ def _not_running(url: str) -> NoReturn:
             "(start it with `mlx-serve start` or `mlx-serve service install`)"
         )
     )
-    raise typer.Exit(EXIT_NOT_RUNNING)
+    raise typer.Exit(ExitCode.NOT_RUNNING)
 
 
 @contextlib.contextmanager
@@ -139,21 +144,23 @@ def _api_errors() -> Iterator[None]:
     except ServerNotRunning as exc:
         _not_running(exc.url)
     except Unauthorized as exc:
-        _fail(
-            f"{exc.message}\nhint: pass --api-key, set $MLX_API_KEY, or set server.api_key "
-            "in the config the CLI reads (--config)",
-            EXIT_UNAUTHORIZED,
+        hint = (
+            "hint: pass --api-key, set $MLX_API_KEY, or set server.api_key in the config the "
+            "CLI reads (--config)"
         )
+        if _settings is not None and _settings.config_error:
+            hint += f"; {_settings.config_path} is invalid, so its key could not be read"
+        _fail(f"{exc.message}\n{hint}", ExitCode.UNAUTHORIZED)
     except ApiError as exc:
         _fail(exc.message)
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
     except BrokenPipeError:
         # `mlx-serve logs | head`: the reader has all it wanted. Point stdout at /dev/null so
         # the interpreter's final flush does not fail on the closed pipe too.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        raise typer.Exit(0) from None
+        raise typer.Exit(ExitCode.OK) from None
 
 
 def _print_json(data: Any, indent: int | None = 2) -> None:
@@ -184,8 +191,12 @@ def status(
     api_key: ApiKeyOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Show the configured models: loaded or not, memory, idle time left, request stats."""
-    _, client = _connect(url, api_key, config)
+    """Show the server (URL, pid, uptime, config) and every model's state, memory and speed.
+
+    Per model: state, memory, last use, idle time left, requests, TTFT and tokens per second.
+    """
+    settings, client = _connect(url, api_key, config)
+    where = _server_fields(settings, client)
     with _api_errors():
         if json_output and watch:
             # One compact object per line (NDJSON), so a consumer can parse as they come.
@@ -196,12 +207,20 @@ def status(
             _print_json(client.stats())
             return
         if not watch:
-            out.print(views.status_view(client.stats()))
+            out.print(views.status_view(client.stats(), **where))
             return
-        _watch_status(client, interval)
+        _watch_status(client, interval, where)
 
 
-def _watch_status(client: Client, interval: float) -> None:
+def _server_fields(settings: Settings, client: Client) -> dict[str, Any]:
+    """The status header's URL and pid: the pid only from a runtime file that names the very
+    server the client talks to."""
+    server = settings.server
+    pid = server.pid if server is not None and server.url == client.url else None
+    return {"url": client.url, "pid": pid}
+
+
+def _watch_status(client: Client, interval: float, where: Mapping[str, Any]) -> None:
     """Redraw the status in place. A server that goes away is shown, not fatal: the view
     comes back when it does (``restart`` while watching)."""
     from rich.console import Group
@@ -210,7 +229,7 @@ def _watch_status(client: Client, interval: float) -> None:
     def frame() -> Group:
         footer = Text(f"every {interval:g}s · Ctrl-C to quit", style="dim")
         try:
-            return Group(views.status_view(client.stats()), footer)
+            return Group(views.status_view(client.stats(), **where), footer)
         except ServerNotRunning:
             down = Text(f"mlx-serve is not running at {client.url}; retrying", style="bold red")
             return Group(down, footer)
@@ -219,6 +238,27 @@ def _watch_status(client: Client, interval: float) -> None:
         while True:
             time.sleep(interval)
             live.update(frame(), refresh=True)
+
+
+# -------------------------------------------------------------------------- ps
+
+
+def ps(
+    *,
+    json_output: JsonOpt = False,
+    url: UrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Show the loaded models: type, memory, time until they are unloaded, worker pid."""
+    _, client = _connect(url, api_key, config)
+    with _api_errors():
+        models = client.models()
+    loaded = [m for m in models if m.get("status") in views.RESIDENT_STATUSES]
+    if json_output:
+        _print_json({"models": loaded})
+    else:
+        out.print(views.ps_view(loaded, configured=len(models)))
 
 
 # ------------------------------------------------------------------------ logs
@@ -505,12 +545,29 @@ def models_unload(
 ) -> None:
     """Unload a model: in-flight requests finish first unless --force."""
     _, client = _connect(url, api_key, config)
-    with _api_errors(), err.status(f"unloading {name}", spinner="dots"):
-        result = client.unload(name, force=force)
+    with _api_errors():
+        model = _find_model(client.models(), name)
+        if model is not None and model.get("status") not in views.RESIDENT_STATUSES:
+            # Nothing to do, and saying "unloaded" would claim something happened.
+            out.print(Text(f"{model.get('name', name)} is not loaded; nothing to unload"))
+            return
+        with err.status(f"unloading {name}", spinner="dots"):
+            result = client.unload(name, force=force)  # an unknown name: the server's 404
     forced = " (forced)" if result.get("forced") else ""
     out.print(
         Text(f"✓ {result.get('name', name)} unloaded in {result.get('duration_s', 0):.1f}s{forced}")
     )
+
+
+def _find_model(models: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The ``/api/models`` entry of a configured name or alias, as the server resolves it."""
+    for model in models:
+        if model.get("name") == name:
+            return model
+    for model in models:
+        if name in (model.get("aliases") or []):
+            return model
+    return None
 
 
 @models_app.command("show")
@@ -634,15 +691,16 @@ def models_rm(
     """
     _, client = _connect(url, api_key, config)
     with _api_errors():
-        known = {m["name"]: m for m in client.models()}
-        aliases = {a: n for n, m in known.items() for a in m.get("aliases") or []}
-        model = known.get(aliases.get(name, name))
-        if model is not None and not yes:
+        model = _find_model(client.models(), name)
+        if model is not None:
             path = str(model.get("path", ""))
-            what = (
-                f"the directory {path}" if path.startswith("/") else f"the cached files of {path}"
-            )
-            typer.confirm(f"Delete {what}?", abort=True, err=True)
+            local_dir = path.startswith("/")  # the config resolves local paths to absolute
+            if local_dir and not local:
+                # Before asking: a "yes" must not be answered with "you needed --local".
+                _fail(f"{name!r} is a local directory ({path}); add --local to delete it")
+            if not yes:
+                what = f"the directory {path}" if local_dir else f"the cached files of {path}"
+                typer.confirm(f"Delete {what}?", abort=True, err=True)
         try:
             result = client.delete(name, local=local)
         except ApiError as exc:
@@ -657,15 +715,19 @@ def models_rm(
 
 
 def _stop_server(settings: Settings, timeout: float) -> int | None:
-    """SIGTERM the server named by the pid file and wait for it to exit; return its pid, or
-    None if no server is running. Exits with an error if it does not stop in time."""
+    """SIGTERM the running server and wait for it to exit; return its pid, or None if no
+    server is running. Exits with an error if it does not stop in time.
+
+    The server is the one its runtime file names (found even when models.yaml is broken or
+    names another port or data dir now), else the one in the pid file of the config's data
+    dir (a server older than the runtime file). Both are checked to be an mlx-serve server: a
+    stale file whose pid was reused by another program after a crash must never get that
+    program killed."""
     import psutil
 
     from mlx_serve.pidfile import running_pid
 
-    # running_pid() checks the process is an mlx-serve server: a stale file whose pid was
-    # reused by another program after a crash must never get that program killed.
-    pid = running_pid(settings.data_dir)
+    pid = settings.server.pid if settings.server is not None else running_pid(settings.data_dir)
     if pid is None:
         return None
     try:
@@ -710,7 +772,8 @@ TimeoutOpt = Annotated[
 
 def stop(*, config: ConfigOpt = None, timeout: TimeoutOpt = 60.0) -> None:
     """Stop the running server (started with `start`, detached or not) and its workers."""
-    settings = load_settings(config=config)
+    # A live pid is enough: a server too busy to answer /health must still be stoppable.
+    settings = load_settings(config=config, check_health=False)
     with _api_errors():
         pid = _stop_server(settings, timeout)
     if pid is None:
@@ -719,22 +782,49 @@ def stop(*, config: ConfigOpt = None, timeout: TimeoutOpt = 60.0) -> None:
         err.print(
             Text(f"mlx-serve is not running (no live server in {pid_path(settings.data_dir)})")
         )
-        raise typer.Exit(EXIT_NOT_RUNNING)
+        raise typer.Exit(ExitCode.NOT_RUNNING)
 
 
 def restart(*, config: ConfigOpt = None, timeout: TimeoutOpt = 60.0) -> None:
     """Stop the server (if it runs) and start it again in the background (`start --detach`).
 
-    Options given to the old server's `start` (--host, --port) are not carried over: the
-    new one runs with what the config says.
+    It restarts with the same config file (or --config) and the same --host/--port options.
+
+    The config is checked first: if it is invalid, the running server is left alone.
     """
-    settings = load_settings(config=config)
+    from mlx_serve.config import CONFIG_ENV_VAR, ConfigError, load_config
+
+    settings = load_settings(config=config, check_health=False)
+    server = settings.server
+    path = settings.config_path
+    named = config is not None or bool(os.environ.get(CONFIG_ENV_VAR, "").strip())
+    if not named and server is not None and server.config_path is not None:
+        path = server.config_path  # restart what runs, not whatever the default config is
+    running = f"the running server (pid {server.pid}) is left alone" if server else ""
+    if not path.exists():
+        _fail(
+            f"no config at {path}; run `mlx-serve init` to write one"
+            + (f"; {running}" if running else ""),
+            ExitCode.USAGE,
+        )
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        # Stopping first would leave nothing serving until the file is fixed.
+        _fail(
+            f"{exc}\n{running or 'nothing was started'}: fix the file and run `mlx-serve "
+            "restart` again (`mlx-serve reload` applies model changes without a restart)",
+            ExitCode.USAGE,
+        )
     with _api_errors():
         if _stop_server(settings, timeout) is None:
             err.print(Text("mlx-serve was not running; starting it", style="dim"))
     argv = [sys.executable, "-m", "mlx_serve.cli.main", "start", "--detach"]
-    if config is not None:
-        argv += ["--config", str(config)]
+    argv += ["--config", str(path)]
+    if server is not None and server.argv_host is not None:
+        argv += ["--host", server.argv_host]
+    if server is not None and server.argv_port is not None:
+        argv += ["--port", str(server.argv_port)]
     raise typer.Exit(subprocess.call(argv))
 
 
@@ -763,7 +853,7 @@ def reload(
     else:
         out.print(views.reload_summary(result))
     if result.get("status") != "ok":
-        raise typer.Exit(EXIT_CONFIG)
+        raise typer.Exit(ExitCode.USAGE)
 
 
 # --------------------------------------------------------------------- mount
@@ -771,6 +861,6 @@ def reload(
 
 def register(app: typer.Typer) -> None:
     """Add these commands to the ``mlx-serve`` app (``main.py`` calls this once)."""
-    for command in (status, logs, stop, restart, reload):
+    for command in (status, ps, logs, stop, restart, reload):
         app.command()(command)
     app.add_typer(models_app, name="models")

@@ -24,7 +24,10 @@ from rich.text import Text
 
 __all__ = [
     "PIN",
+    "RESIDENT_STATUSES",
     "STATUS_STYLES",
+    "Segments",
+    "disk_text",
     "event_line",
     "eviction_line",
     "human_bytes",
@@ -33,13 +36,16 @@ __all__ = [
     "memory_line",
     "models_table",
     "planned_text",
+    "ps_view",
     "relative_time",
     "reload_summary",
+    "requests_legend",
     "show_panel",
     "spares_line",
     "status_header",
     "status_table",
     "status_view",
+    "until_unload",
 ]
 
 #: Colors of the model states the API reports (``/api/models`` ``status``).
@@ -51,6 +57,10 @@ STATUS_STYLES: dict[str, str] = {
     "unloaded": "dim",
     "failed": "bold red",
 }
+
+#: The statuses of a model that has a worker process (``ps`` lists these): loaded, on its
+#: way in, or on its way out.
+RESIDENT_STATUSES = frozenset({"loaded", "loading", "draining", "unloading"})
 
 #: Event kinds (or their first dotted part) and the color of the kind in ``logs``.
 _KIND_STYLES: dict[str, str] = {
@@ -169,24 +179,93 @@ def idle_left(model: Mapping[str, Any], parts: int = 1) -> Text:
     return Text(human_duration(float(expires), parts))
 
 
-def status_header(stats: Mapping[str, Any]) -> Text:
-    """``mlx-serve 0.4.0 · up 2h05m · 5.1 GiB of 16 GiB free · workers 1.2 GiB`` and, on its
-    own line (paths are long), the config file the server runs with."""
+class Segments:
+    """Parts of a line joined with `` · ``: on one line when they fit, else broken between two
+    parts, never inside one (a part too long for a line on its own is cut with an ellipsis).
+    The status header's figures stay readable in any terminal, 80 columns included."""
+
+    SEPARATOR = " · "
+
+    def __init__(self, parts: Iterable[Text]) -> None:
+        self.parts = [p for p in parts if p.plain]
+
+    def lines(self, width: int) -> list[Text]:
+        lines: list[Text] = []
+        line = Text(no_wrap=True, overflow="ellipsis")
+        for part in self.parts:
+            if line.plain and line.cell_len + len(self.SEPARATOR) + part.cell_len > width:
+                lines.append(line)
+                line = Text(no_wrap=True, overflow="ellipsis")
+            if line.plain:
+                line.append(self.SEPARATOR)
+            line.append_text(part)
+        if line.plain:
+            lines.append(line)
+        for text in lines:
+            text.truncate(width, overflow="ellipsis")
+        return lines
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        widest = max((p.cell_len for p in self.parts), default=0)
+        total = sum(p.cell_len for p in self.parts) + len(self.SEPARATOR) * max(
+            len(self.parts) - 1, 0
+        )
+        return Measurement(min(widest, options.max_width), total)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from self.lines(options.max_width)
+
+
+class LabeledPath:
+    """``config /path/to/models.yaml``; a path too long for the line loses its start (the
+    file name is what identifies it), never wraps."""
+
+    def __init__(self, label: str, path: str, style: str = "dim") -> None:
+        self.label, self.path, self.style = label, path, style
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        width = cell_len(self.label) + 1 + cell_len(self.path)
+        return Measurement(min(width, 20), width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        room = options.max_width - cell_len(self.label) - 1
+        path = self.path
+        if cell_len(path) > room:
+            path = "…" + path[len(path) - max(room - 1, 0) :] if room > 1 else "…"
+        yield Text(f"{self.label} {path}", style=self.style, no_wrap=True, overflow="crop")
+
+
+def status_header(
+    stats: Mapping[str, Any], *, url: str | None = None, pid: int | None = None
+) -> Group:
+    """The server, like ``lms status``: ``mlx-serve 0.4.0 · http://127.0.0.1:8095 · pid
+    4242 · up 2h05m``; the config file it runs with (on its own line: paths are long); then
+    ``memory 5.1 GiB of 16 GiB free · workers 1.2 GiB · 3 waiting``. No line is wrapped
+    inside a figure at 80 columns: see :class:`Segments`."""
     memory = stats.get("memory") or {}
-    text = Text()
-    text.append(f"mlx-serve {stats.get('version', '?')}", style="bold")
-    text.append(f" · up {human_duration(stats.get('uptime_s'))}")
+    identity = [Text(f"mlx-serve {stats.get('version', '?')}", style="bold")]
+    if url:
+        identity.append(Text(url, style="cyan"))
+    if pid is not None:
+        identity.append(Text(f"pid {pid}"))
+    identity.append(Text(f"up {human_duration(stats.get('uptime_s'))}"))
+    config = stats.get("config_path")
+    parts: list[RenderableType] = [
+        Segments(identity),
+        LabeledPath("config", str(config) if config else "(none)"),
+    ]
+    figures: list[Text] = []
     available, total = memory.get("system_available_bytes"), memory.get("system_total_bytes")
     if available is not None:
-        text.append(f" · {human_bytes(available)} of {human_bytes(total)} free")
+        figures.append(Text(f"memory {human_bytes(available)} of {human_bytes(total)} free"))
     if memory.get("workers_rss_bytes"):
-        text.append(f" · workers {human_bytes(memory['workers_rss_bytes'])}")
+        figures.append(Text(f"workers {human_bytes(memory['workers_rss_bytes'])}"))
     waiting = (stats.get("queue") or {}).get("waiting")
     if waiting:
-        text.append(f" · {waiting} waiting", style="yellow")
-    config = stats.get("config_path")
-    text.append(f"\nconfig {config or '(none)'}", style="dim")
-    return text
+        figures.append(Text(f"{waiting} waiting", style="yellow"))
+    if figures:
+        parts.append(Segments(figures))
+    return Group(*parts)
 
 
 def memory_line(memory: Mapping[str, Any]) -> Text:
@@ -449,20 +528,41 @@ def _eviction_reason(data: Mapping[str, Any]) -> str:
     return reason
 
 
-def status_view(stats: Mapping[str, Any], now: float | None = None) -> Group:
-    """What ``mlx-serve status`` prints: the header, the memory budget, the spare workers
-    (when ``server.prewarm`` keeps some), the table, the last eviction (why a model is not
-    loaded any more) and the reason of each failed model (the table has no room for it, and it
-    is what the user needs next)."""
+def requests_legend(stats: Mapping[str, Any]) -> Text | None:
+    """What ``42+2`` and ``0+1q`` in the ``reqs`` column mean, when a row shows them."""
+    models = stats.get("models") or []
+    if not any(m.get("inflight") or m.get("waiting") for m in models):
+        return None
+    text = Text("reqs", style="bold")
+    text.append(" = requests so far", style="dim")
+    text.append(", +in flight now", style="cyan")
+    text.append(", +queued (q)", style="yellow")
+    text.no_wrap, text.overflow = True, "ellipsis"
+    return text
+
+
+def status_view(
+    stats: Mapping[str, Any],
+    now: float | None = None,
+    *,
+    url: str | None = None,
+    pid: int | None = None,
+) -> Group:
+    """What ``mlx-serve status`` prints: the header (the server's URL and pid when known),
+    the memory budget, the spare workers (when ``server.prewarm`` keeps some), the table and
+    its legend, the last eviction (why a model is not loaded any more) and the reason of each
+    failed model (the table has no room for it, and it is what the user needs next)."""
     memory = stats.get("memory") or {}
-    parts: list[RenderableType] = [status_header(stats)]
+    parts: list[RenderableType] = [status_header(stats, url=url, pid=pid)]
     if "budget_bytes" in memory:  # not from a server older than the memory budget
-        # Third, not second: scripts (and the integration tests) read the config on line 2.
         parts.append(memory_line(memory))
     spares = spares_line(stats)
     if spares is not None:
         parts.append(spares)
     parts += [Text(), status_table(stats, now)]
+    legend = requests_legend(stats)
+    if legend is not None:
+        parts.append(legend)
     eviction = memory.get("last_eviction")
     if isinstance(eviction, Mapping):
         parts.append(eviction_line(eviction, now))
@@ -476,9 +576,47 @@ def status_view(stats: Mapping[str, Any], now: float | None = None) -> Group:
     return Group(*parts)
 
 
-def models_table(models: Sequence[Mapping[str, Any]]) -> Table:
-    """``models list``: every configured model, its aliases and where its weights are (memory
-    is in ``status``; at 80 columns the path needs the room more)."""
+def disk_text(model: Mapping[str, Any]) -> Text:
+    """The size of a model's weights on disk (``memory.weights_bytes``, what the estimate
+    read from the files): ``—`` when they are not downloaded, ``?`` when unknown."""
+    memory = model.get("memory") or {}
+    if "weights_bytes" not in memory:
+        return Text("?", style="dim")
+    weights = memory.get("weights_bytes")
+    if not isinstance(weights, int | float):
+        return Text(NONE, style="dim")
+    return Text(human_bytes(weights))
+
+
+def until_unload(model: Mapping[str, Any]) -> Text:
+    """``ps``'s countdown: ``6m55s``, ``forever`` (keep_alive / idle_timeout -1), ``busy``
+    (requests in flight: it starts when they end), ``loading``, ``unloading``."""
+    status = model.get("status")
+    if status == "loaded":
+        timeout = model.get("idle_timeout_s")
+        if isinstance(timeout, int | float) and timeout < 0:
+            return Text("forever", style="green")
+        expires = model.get("expires_in_s")
+        if expires is None:
+            return Text("busy", style="cyan")
+        return Text(human_duration(float(expires)))
+    if status == "loading":
+        return Text(NONE, style="dim")
+    return Text("unloading", style="yellow")
+
+
+def ps_view(loaded: Sequence[Mapping[str, Any]], configured: int | None = None) -> RenderableType:
+    """``mlx-serve ps``: the models that have a worker, like ``ollama ps``: type, memory
+    (measured, else what is planned for it: ``~`` an estimate), time until it is unloaded
+    for idleness, and the worker's pid."""
+    if not loaded:
+        text = Text("no model is loaded", style="dim")
+        if configured:
+            text.append(
+                f" ({configured} configured; a request loads one, or `mlx-serve models load NAME`)",
+                style="dim",
+            )
+        return text
     table = Table(
         box=box.SIMPLE_HEAD,
         padding=(0, 1, 0, 0),
@@ -486,16 +624,54 @@ def models_table(models: Sequence[Mapping[str, Any]]) -> Table:
         show_edge=False,
         header_style="bold",
     )
-    table.add_column("model", no_wrap=True, overflow="ellipsis", max_width=20)
+    table.add_column("model", overflow="ellipsis", min_width=8)
     table.add_column("type", no_wrap=True)
     table.add_column("status", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("until unload", justify="right", no_wrap=True)
+    table.add_column("pid", justify="right", no_wrap=True)
+    table.add_column("reqs", justify="right", no_wrap=True)
+    for model in loaded:
+        kind = str(model.get("type", "?"))
+        measured = measured_bytes(model)
+        requests = Text(str(model.get("requests", 0)))
+        if model.get("inflight"):
+            requests.append(f"+{model['inflight']}", style="cyan")
+        table.add_row(
+            ModelName(str(model.get("name", "?")), pinned=bool(model.get("pinned"))),
+            _TYPE_SHORT.get(kind, kind),
+            _status_text(model),
+            Text(human_bytes(measured)) if measured is not None else planned_text(model),
+            until_unload(model),
+            str(model.get("pid") or NONE),
+            requests,
+        )
+    return table
+
+
+def models_table(models: Sequence[Mapping[str, Any]]) -> Table:
+    """``models list``: every configured model, the size of its weights on disk, its aliases
+    and where its weights are (memory is in ``status``; at 80 columns the path needs the room
+    more)."""
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+        show_edge=False,
+        header_style="bold",
+    )
+    table.add_column("model", no_wrap=True, overflow="ellipsis", max_width=18)
+    table.add_column("type", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("disk", justify="right", no_wrap=True)
     table.add_column("aliases", overflow="ellipsis", no_wrap=True, max_width=16)
     table.add_column("path")
     for model in models:
         table.add_row(
             str(model.get("name", "?")),
-            str(model.get("type", "?")),
+            _TYPE_SHORT.get(str(model.get("type", "?")), str(model.get("type", "?"))),
             _status_text(model),
+            disk_text(model),
             ", ".join(model.get("aliases") or []) or NONE,
             LeftTrimmed(str(model.get("path", "")), style="dim"),
         )
@@ -645,9 +821,14 @@ def _metrics_table(metrics: Mapping[str, Any]) -> Table:
     table.add_column(f"{metrics.get('count')} requests, {metrics.get('errors', 0)} errors")
     for q in ("p50", "p95", "p99"):
         table.add_column(q, justify="right")
-    for label, key in (("TTFT ms", "ttft"), ("latency ms", "latency"), ("queued ms", "queued")):
+    rows = (("TTFT ms", "ttft"), ("latency ms", "latency"), ("queued ms", "queued"),
+            ("load ms", "load"))  # fmt: skip
+    for label, key in rows:
         table.add_row(label, *(_ms(metrics.get(f"{key}_{q}_s")) for q in ("p50", "p95", "p99")))
     table.add_row("tok/s", _num(metrics.get("tokens_per_s_p50"), "{:.1f}"), "", "")
+    codes = metrics.get("error_codes") or {}
+    if codes:
+        table.add_row("errors", ", ".join(f"{code} {n}" for code, n in codes.items()), "", "")
     return table
 
 
@@ -688,6 +869,8 @@ def event_line(event: Mapping[str, Any], tz: tzinfo | None = None) -> Text:
     if event.get("model"):
         line.append(str(event["model"]), style="bold")
         line.append(" ")
+    elif kind == "request":  # refused before a model was known (404 model_not_found, 401)
+        line.append("unknown ", style="dim")
     line.append_text(_event_details(kind, data))
     return line
 
@@ -759,6 +942,12 @@ def _event_details(kind: str, data: dict[str, Any]) -> Text:
         queued = data.pop("queued_s", None)
         if isinstance(queued, int | float) and queued >= 0.001:
             out.append(f" queued {_ms(queued)}ms", style="yellow")
+        load = data.pop("load_s", None)  # waiting for the model to start: not in ttft
+        if isinstance(load, int | float) and load >= 0.001:
+            out.append(f" load {_ms(load)}ms", style="yellow")
+        if not ok and data.get("code"):
+            out.append(f" {data.pop('code')}", style="red")
+        data.pop("code", None)
         for key in ("stream", "prompt_tokens"):
             data.pop(key, None)
         if not data.get("retries"):

@@ -18,12 +18,15 @@ class ConfigIssue:
     """One problem in a config file.
 
     ``line`` is 1-based; ``key`` is the dotted path of the offending key as the user wrote
-    it (``models.foo.idle_timeout``, or ``models[0].hf_path`` in a legacy file).
+    it (``models.foo.idle_timeout``, or ``models[0].hf_path`` in a legacy file). ``detail``
+    is what a tool said about it, in its own terms (PyYAML's message for a syntax error,
+    which the message puts in plain words): not rendered, kept for a verbose view.
     """
 
     message: str
     line: int | None = None
     key: str | None = None
+    detail: str | None = None
 
     def render(self, path: Path | None) -> str:
         """Format as ``file:line: key: message``, dropping the parts that are unknown."""
@@ -39,8 +42,9 @@ class ConfigIssue:
 class ConfigError(Exception):
     """A config file could not be read, parsed or validated.
 
-    ``path``/``line``/``key``/``message`` describe the first problem (the one nearest the
-    top of the file); ``issues`` holds all of them and ``str()`` renders one per line.
+    ``path``/``line``/``key``/``message``/``detail`` describe the first problem (the one
+    nearest the top of the file); ``issues`` holds all of them and ``str()`` renders one per
+    line.
     """
 
     def __init__(
@@ -51,13 +55,15 @@ class ConfigError(Exception):
         key: str | None = None,
         *,
         issues: list[ConfigIssue] | None = None,
+        detail: str | None = None,
     ) -> None:
         self.path = path
-        self.issues: list[ConfigIssue] = issues or [ConfigIssue(message, line, key)]
+        self.issues: list[ConfigIssue] = issues or [ConfigIssue(message, line, key, detail)]
         first = self.issues[0]
         self.message = first.message
         self.line = first.line
         self.key = first.key
+        self.detail = first.detail
         super().__init__(self._render())
 
     @classmethod

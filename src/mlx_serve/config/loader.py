@@ -23,6 +23,7 @@ from pydantic_core import ErrorDetails
 
 from .errors import ConfigError, ConfigIssue
 from .schema import NAME_CONFLICT_ERROR, Config, ModelConfig, ServerConfig
+from .yaml_syntax import explain
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -158,7 +159,7 @@ def _load_yaml(text: str, source: Path | None) -> tuple[dict[str, Any], _Index]:
         index = indexer.index
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
-        raise _yaml_error(exc, source) from None
+        raise _yaml_error(exc, source, text) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", source) from None
     finally:
@@ -225,15 +226,13 @@ class _Indexer:
             self.walk(value_node, child, child_display)
 
 
-def _yaml_error(exc: yaml.MarkedYAMLError, source: Path | None) -> ConfigError:
-    mark = exc.problem_mark or exc.context_mark
-    problem = exc.problem or "syntax error"
-    message = f"invalid YAML: {problem}"
-    if exc.context:
-        message += f" ({exc.context})"
-    if mark is not None:
-        message += f" at column {mark.column + 1}"
-    return ConfigError(message, source, mark.line + 1 if mark is not None else None)
+def _yaml_error(exc: yaml.MarkedYAMLError, source: Path | None, text: str) -> ConfigError:
+    """A syntax error in plain words at the line of the mistake (see :mod:`.yaml_syntax`);
+    PyYAML's own message is the error's ``detail``."""
+    problem = explain(exc, text)
+    return ConfigError(
+        f"invalid YAML: {problem.message}", source, problem.line, detail=problem.detail
+    )
 
 
 def _yaml_kind(value: object) -> str:

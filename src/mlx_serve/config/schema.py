@@ -252,6 +252,9 @@ class ServerConfig(BaseModel):
     ``true`` for every kind the configured models use, or a list of types."""
     memory_guard: bool = True
     """Refuse to load a model whose weights on disk exceed the memory available."""
+    auto_pull: bool = False
+    """Download a hub model that is not in the Hugging Face cache when a request first needs
+    it (the request waits). False: such a request fails at once, saying how to pull it."""
     memory_warning: Annotated[float, Field(ge=0, le=1)] = 0.1
     """Emit a ``memory.low`` event when available memory falls below this share of total."""
 

@@ -5,6 +5,7 @@
   :mod:`.pull` and :mod:`.download` for how).
 - :func:`show` describes a local model directory or a cached repo, from disk only.
 - :func:`estimated_size_bytes`: bytes of weights on disk, for "does it fit" checks.
+- :func:`check_model_files`: are a model's files on disk (before a worker starts)?
 - :func:`delete_cached` / :func:`delete_local` free disk space, refusing anything that is not
   clearly a cached repo or a model directory.
 
@@ -12,7 +13,7 @@ Every failure is a :class:`HubError` subclass with a user-facing message, a stab
 and a suggested ``http_status``.
 """
 
-from .cache import delete_cached, delete_local, hub_cache_dir
+from .cache import MissingFiles, check_model_files, delete_cached, delete_local, hub_cache_dir
 from .errors import (
     ChecksumMismatch,
     DiskFull,
@@ -43,11 +44,13 @@ __all__ = [
     "HubUnreachable",
     "InvalidRepoId",
     "InvalidRevision",
+    "MissingFiles",
     "NotAModelDir",
     "NotCached",
     "PathNotFound",
     "RepoNotFound",
     "RevisionNotFound",
+    "check_model_files",
     "delete_cached",
     "delete_local",
     "estimated_size_bytes",

@@ -26,7 +26,9 @@ from .ids import validate_repo_id
 __all__ = [
     "WEIGHT_SUFFIXES",
     "CachedSnapshot",
+    "MissingFiles",
     "ModelDir",
+    "check_model_files",
     "delete_cached",
     "delete_local",
     "disk_usage",
@@ -135,6 +137,86 @@ def resolve_model_dir(path_or_repo: str, cache_dir: Path | str | None = None) ->
         revision=snapshot.commit,
         storage=storage,
     )
+
+
+@dataclass(frozen=True)
+class MissingFiles:
+    """Why a model cannot be started from the files on disk, found by :func:`check_model_files`.
+
+    ``code`` is ``"model_not_downloaded"`` (a hub repo not in the cache, or only part of it:
+    pulling it helps, and ``repo_id`` says what to pull) or ``"model_files_missing"`` (a local
+    directory that is not there or holds no model: only fixing the path helps).
+    """
+
+    code: str
+    problem: str  # a clause: "it is not in the Hugging Face cache (/path)"
+    repo_id: str | None = None  # a hub repo a pull would fetch
+    path: Path | None = None  # the directory that was looked at
+
+    @property
+    def pullable(self) -> bool:
+        return self.repo_id is not None
+
+
+def check_model_files(
+    path_or_repo: str, cache_dir: Path | str | None = None
+) -> MissingFiles | None:
+    """None if ``path_or_repo`` has what a worker loads, else what is missing. Disk only.
+
+    A local directory (an absolute path, as the config resolves them, or an existing one) must
+    hold a ``config.json`` and weight files; a hub repo id must have a snapshot in the cache
+    with the same. A string that is neither (not a strict ``namespace/name`` id) is not
+    judged: None, and the worker decides.
+    """
+    local = Path(path_or_repo).expanduser()
+    if local.is_absolute() or local.is_dir():
+        if not local.exists():
+            gone = f"the local directory {local} does not exist"
+            return MissingFiles("model_files_missing", gone, path=local)
+        if not local.is_dir():
+            return MissingFiles("model_files_missing", f"{local} is not a directory", path=local)
+        problem = _model_dir_problem(local)
+        if problem is None:
+            return None
+        return MissingFiles("model_files_missing", f"the directory {local} {problem}", path=local)
+    try:
+        repo_id = validate_repo_id(path_or_repo)
+    except InvalidRepoId:
+        return None
+    cache = hub_cache_dir(cache_dir)
+    storage = repo_storage_dir(repo_id, cache)
+    snapshot = find_snapshot(storage) if storage.is_dir() else None
+    if snapshot is None:
+        return MissingFiles(
+            "model_not_downloaded",
+            f"it is not in the Hugging Face cache ({cache})",
+            repo_id=repo_id,
+            path=storage,
+        )
+    lacks = _model_dir_problem(snapshot.path)
+    if lacks is None:
+        return None
+    return MissingFiles(
+        "model_not_downloaded",
+        f"it is only partly downloaded: its snapshot {snapshot.path} {lacks}",
+        repo_id=repo_id,
+        path=snapshot.path,
+    )
+
+
+def _model_dir_problem(root: Path) -> str | None:
+    """What keeps ``root`` from being a loadable model directory, as a clause, or None."""
+    if not (root / "config.json").is_file():
+        return "has no config.json"
+    if weight_files(root):
+        return None
+    try:  # some layouts (audio models) keep their weights one level down
+        subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        subdirs = []
+    if any(weight_files(d) for d in subdirs):
+        return None
+    return f"has no weight files ({', '.join(sorted(WEIGHT_SUFFIXES))})"
 
 
 def weight_files(model_dir: Path) -> list[Path]:

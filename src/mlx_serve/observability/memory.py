@@ -1,4 +1,5 @@
-"""Memory: RSS of each worker's process tree, system availability, and the load guard.
+"""Memory: RSS of each worker's process tree, system availability, the load guard, and the
+sampler that keeps the dashboard's short memory history (:mod:`.history`).
 
 The load guard refuses a model whose weights on disk clearly exceed the memory available
 right now (after the swap freed what it could), instead of letting a laptop swap itself to
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import psutil
+
+from mlx_serve.observability.history import MemoryHistory, MemorySample
 
 
 def tree_rss_bytes(pid: int | None) -> int | None:
@@ -79,3 +82,38 @@ async def watch_memory(
                 total_bytes=mem.total_bytes,
             )
         await asyncio.sleep(interval)
+
+
+def sample_memory(pids: Mapping[str, int | None], now: float) -> MemorySample:
+    """Memory now: the system's, the router's, and the RSS of each model's process tree
+    (``pids``: model name -> worker pid; models without a pid, or whose process is gone, are
+    left out). Blocking (it walks process trees): call it in a thread."""
+    mem = system_memory()
+    models: dict[str, int] = {}
+    for name, pid in pids.items():
+        rss = tree_rss_bytes(pid)
+        if rss is not None:
+            models[name] = rss
+    return MemorySample(
+        t=now,
+        available_bytes=mem.available_bytes,
+        total_bytes=mem.total_bytes,
+        router_rss_bytes=own_rss_bytes(),
+        models=models,
+    )
+
+
+async def watch_history(
+    history: MemoryHistory,
+    resident: Callable[[], Mapping[str, int | None]],
+    wall: Callable[[], float],
+) -> None:
+    """Record a :func:`sample_memory` of the ``resident()`` models into ``history`` every
+    ``history.interval`` seconds (the first one at once), until cancelled. The process walk
+    runs in a thread: it takes milliseconds that the event loop should not wait for."""
+    while True:
+        pids = dict(resident())  # read on the loop: the supervisor's state is not thread-safe
+        # A transient /proc hiccup costs this sample only, not the history.
+        with contextlib.suppress(OSError, psutil.Error):
+            history.record(await asyncio.to_thread(sample_memory, pids, wall()))
+        await asyncio.sleep(history.interval)

@@ -3,6 +3,11 @@
 Each app gets its own registry, so several servers in one process (tests) never share or
 collide on metric names. Counters and histograms move when events happen; gauges (loaded
 models, queue depth, worker memory) are read from the supervisor at scrape time.
+
+Every request outcome is counted, refusals included (``status="404"``, ``code=
+"model_not_found"``), under ``model="unknown"`` when it named no configured model. Time to
+first token runs from admission to a ready worker; the wait before it is split between
+``queue_wait`` (behind other requests) and ``load_wait`` (for the model to start).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mlx_serve.errors import outcome_code
 from mlx_serve.observability.memory import system_memory, tree_rss_bytes
+from mlx_serve.observability.request_stats import UNKNOWN
 from mlx_serve.supervisor.events import Event
 from mlx_serve.supervisor.states import RESIDENT
 
@@ -34,24 +41,36 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "mlx_serve_requests", "Requests answered, by model, endpoint and HTTP status.",
+            "mlx_serve_requests",
+            "Requests answered, refusals included, by model ('unknown': none configured), "
+            "endpoint and HTTP status.",
             ["model", "endpoint", "status"], registry=r,
         )  # fmt: skip
         self.errors = Counter(
-            "mlx_serve_request_errors", "Requests that ended with an error status (>= 400).",
-            ["model", "endpoint"], registry=r,
+            "mlx_serve_request_errors",
+            "Requests that ended with an error status (>= 400), by error code.",
+            ["model", "endpoint", "code"], registry=r,
         )  # fmt: skip
         self.ttft = Histogram(
-            "mlx_serve_time_to_first_token_seconds", "Time from request to first token/byte.",
+            "mlx_serve_time_to_first_token_seconds",
+            "Time from admission to a ready worker to the first token/byte (queue and load "
+            "waits excluded).",
             ["model"], buckets=_FAST, registry=r,
         )  # fmt: skip
         self.latency = Histogram(
-            "mlx_serve_request_duration_seconds", "Total request latency.",
+            "mlx_serve_request_duration_seconds", "Total request latency, waits included.",
             ["model", "endpoint"], buckets=_SLOW, registry=r,
         )  # fmt: skip
         self.queue_wait = Histogram(
-            "mlx_serve_queue_wait_seconds", "Time a request waited for admission (incl. swaps).",
+            "mlx_serve_queue_wait_seconds",
+            "Time a request waited behind other requests for admission (loads excluded).",
             ["model"], buckets=(*_FAST, 20, 30, 60, 120), registry=r,
+        )  # fmt: skip
+        self.load_wait = Histogram(
+            "mlx_serve_load_wait_seconds",
+            "Time a request waited for its model to start (cold start, swap); only requests "
+            "that waited for one.",
+            ["model"], buckets=_SLOW, registry=r,
         )  # fmt: skip
         self.load_duration = Histogram(
             "mlx_serve_load_duration_seconds", "Worker start to model ready.",
@@ -82,7 +101,7 @@ class Metrics:
     def __call__(self, event: Event) -> None:
         data, model = event.data, event.model or ""
         if event.kind == "request":
-            self._request(model, data)
+            self._request(event.model or UNKNOWN, data)
         elif event.kind == "model.loaded":
             self.loads.labels(model).inc()
             if isinstance(data.get("duration_s"), int | float):
@@ -105,11 +124,17 @@ class Metrics:
         status = data.get("status", 0)
         self.requests.labels(model, endpoint, str(status)).inc()
         if not isinstance(status, int) or status >= 400:
-            self.errors.labels(model, endpoint).inc()
+            code = data.get("code")
+            if not isinstance(code, str) or not code:
+                code = outcome_code(status if isinstance(status, int) else 0)
+            self.errors.labels(model, endpoint, code).inc()
             return
         for key, metric in (("ttft_s", self.ttft), ("queued_s", self.queue_wait)):
             if isinstance(data.get(key), int | float):
                 metric.labels(model).observe(data[key])
+        load = data.get("load_s")
+        if isinstance(load, int | float) and load > 0:
+            self.load_wait.labels(model).observe(load)
         if isinstance(data.get("latency_s"), int | float):
             self.latency.labels(model, endpoint).observe(data["latency_s"])
         if isinstance(data.get("completion_tokens"), int):

@@ -32,9 +32,11 @@ from mlx_serve.errors import ApiError
 from mlx_serve.router.keys import SUPERVISOR
 from mlx_serve.router.openai_routes import Prepared, lifecycle_error
 from mlx_serve.router.proxy import (
+    TRACED,
     Trace,
     Upstream,
     died,
+    load_wait,
     open_upstream,
     read_usage,
     upstream_error,
@@ -122,12 +124,12 @@ class Reply:
 
     def _failed(self, exc: BaseException) -> ApiError:
         error = died(self._lease, self._trace, exc)
-        self._trace.status, self._trace.error = error.status, error.message
+        self._trace.fail(error)
         return error
 
     def _worker_error(self, item: dict[str, Any]) -> ApiError:
         error = upstream_error(500, json.dumps(item).encode(), self._trace.model)
-        self._trace.status, self._trace.error = error.status, error.message
+        self._trace.fail(error)
         return error
 
 
@@ -141,9 +143,11 @@ async def call_model(request: web.Request, prepared: Prepared) -> AsyncIterator[
     trace = Trace(
         model=prepared.requested, endpoint=request.path, stream=bool(prepared.body.get("stream"))
     )
+    request[TRACED] = True
+    asked_at = supervisor.clock.now()
     try:
         async with supervisor.lease(prepared.name, keep_alive=prepared.keep_alive) as lease:
-            trace.queued_s = lease.queued_s
+            trace.admit(load_s=load_wait(lease, asked_at))
             upstream = Upstream(prepared.endpoint, prepared.payload(lease.upstream_model))
             response = await open_upstream(lease, upstream, trace)
             try:
@@ -158,11 +162,11 @@ async def call_model(request: web.Request, prepared: Prepared) -> AsyncIterator[
             finally:
                 response.close()
     except ApiError as exc:
-        trace.status, trace.error = exc.status, exc.message
+        trace.fail(exc)
         raise
     except (QueueFull, WorkerStartError, ShuttingDown) as exc:
         error = lifecycle_error(exc)
-        trace.status, trace.error = error.status, error.message
+        trace.fail(error)
         raise error from exc
     except asyncio.CancelledError:
         trace.status, trace.error = 499, "client closed the request"

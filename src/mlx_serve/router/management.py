@@ -16,8 +16,15 @@ from typing import Any
 from aiohttp import web
 
 from mlx_serve import __version__
+from mlx_serve.config import parse_duration
 from mlx_serve.errors import ApiError
-from mlx_serve.observability.memory import own_rss_bytes, system_memory, tree_rss_bytes
+from mlx_serve.observability.history import DEFAULT_INTERVAL, DEFAULT_RETENTION, MemoryHistory
+from mlx_serve.observability.memory import (
+    own_rss_bytes,
+    system_memory,
+    tree_rss_bytes,
+    watch_history,
+)
 from mlx_serve.observability.prometheus import CONTENT_TYPE
 from mlx_serve.router.keys import METRICS, STATS, SUPERVISOR
 from mlx_serve.router.openai_routes import (
@@ -32,6 +39,12 @@ from mlx_serve.supervisor.states import RESIDENT, WorkerState
 
 #: Seconds between SSE keep-alive comments on the event stream.
 PING_INTERVAL = 15.0
+
+#: The dashboard's memory history (``/api/stats?history=10m``): a sample every
+#: ``HISTORY_INTERVAL`` seconds, kept ``HISTORY_RETENTION`` seconds (read by ``add_routes``).
+HISTORY_INTERVAL = DEFAULT_INTERVAL
+HISTORY_RETENTION = DEFAULT_RETENTION
+HISTORY = web.AppKey("memory_history", MemoryHistory)
 
 _STATUS = {
     WorkerState.STOPPED: "unloaded",
@@ -84,6 +97,7 @@ def model_status(request: web.Request, name: str) -> dict[str, Any]:
         "inflight": worker.inflight,
         "waiting": supervisor.scheduler.waiting(name),
         "pinned": worker.model.pin,
+        "pull": worker.pull_progress,  # while server.auto_pull downloads its files, else None
         "memory": worker.footprint.to_json(),
         "metrics": request.app[STATS].summary(name),
     }
@@ -327,30 +341,71 @@ def _sse(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, default=str).encode() + b"\n\n"
 
 
+def history_window(value: str) -> float:
+    """Seconds of ``?history=`` (a duration: ``10m``, ``90s``, ``600``); 400 unless > 0."""
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise ApiError(400, f"'history': {exc}", param="history", code="invalid_history") from exc
+    if seconds <= 0:
+        raise ApiError(
+            400,
+            f"'history' must be a positive duration such as 10m, got {value!r}",
+            param="history",
+            code="invalid_history",
+        )
+    return seconds
+
+
 async def stats(request: web.Request) -> web.Response:
+    """Everything the dashboard shows; with ``?history=10m`` also the memory samples of the
+    last ten minutes (at most the retention), so its chart is filled on load."""
+    raw_history = request.query.get("history")
+    window = history_window(raw_history) if raw_history is not None else None
     supervisor = request.app[SUPERVISOR]
     mem = system_memory()
     models = [model_status(request, n) for n in supervisor.workers]
     source = supervisor.config.source
-    return web.json_response(
-        {
-            "version": __version__,
-            "uptime_s": round(supervisor.clock.wall() - supervisor.started_at, 1),
-            "started_at": supervisor.started_at,
-            "config_path": str(source) if source else None,
-            "memory": {
-                "system_total_bytes": mem.total_bytes,
-                "system_available_bytes": mem.available_bytes,
-                "workers_rss_bytes": sum(m["rss_bytes"] or 0 for m in models),
-                "router_rss_bytes": own_rss_bytes(),
-                **supervisor.memory_report(),
-            },
-            "queue": {"waiting": supervisor.scheduler.waiting()},
-            "models": models,
-            "spares": supervisor.spares.to_json(),
-            "events": [e.to_json() for e in supervisor.events.recent()[-50:]],
-        }
-    )
+    body: dict[str, Any] = {
+        "version": __version__,
+        "uptime_s": round(supervisor.clock.wall() - supervisor.started_at, 1),
+        "started_at": supervisor.started_at,
+        "config_path": str(source) if source else None,
+        "memory": {
+            "system_total_bytes": mem.total_bytes,
+            "system_available_bytes": mem.available_bytes,
+            "workers_rss_bytes": sum(m["rss_bytes"] or 0 for m in models),
+            "router_rss_bytes": own_rss_bytes(),
+            **supervisor.memory_report(),
+        },
+        "queue": {"waiting": supervisor.scheduler.waiting()},
+        # Every request's outcome by status and error code, with those that named no
+        # configured model ("unknown": a 404 model_not_found, a 401...), which no model's
+        # "metrics" can show.
+        "requests": request.app[STATS].outcomes(),
+        "models": models,
+        "spares": supervisor.spares.to_json(),
+        "events": [e.to_json() for e in supervisor.events.recent()[-50:]],
+    }
+    if window is not None:
+        body["history"] = request.app[HISTORY].to_json(window, supervisor.clock.wall())
+    return web.json_response(body)
+
+
+async def _memory_history(app: web.Application) -> AsyncIterator[None]:
+    """Sample memory for the history from startup to shutdown (see :func:`watch_history`)."""
+    supervisor = app[SUPERVISOR]
+
+    def resident() -> dict[str, int | None]:
+        return {n: w.pid for n, w in supervisor.workers.items() if w.state in RESIDENT}
+
+    task = asyncio.create_task(watch_history(app[HISTORY], resident, supervisor.clock.wall))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def reload(request: web.Request) -> web.Response:
@@ -378,6 +433,8 @@ async def dashboard(_: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
+    app[HISTORY] = MemoryHistory(HISTORY_INTERVAL, HISTORY_RETENTION)
+    app.cleanup_ctx.append(_memory_history)
     r = app.router
     r.add_get("/api/models", list_models)
     r.add_post("/api/models/{name:.+}/load", load_model)

@@ -15,9 +15,10 @@ from aiohttp import web
 from mlx_serve.config import ModelType, parse_duration
 from mlx_serve.config.sizes import format_bytes
 from mlx_serve.errors import ApiError
+from mlx_serve.grammar import with_article
 from mlx_serve.router.keys import SUPERVISOR
 from mlx_serve.router.multipart import MultipartError, form_fields
-from mlx_serve.router.proxy import Trace, Upstream, forward
+from mlx_serve.router.proxy import TRACED, Trace, Upstream, forward, load_wait
 from mlx_serve.router.tool_checks import check_tool_fields
 from mlx_serve.router.validation import (
     check_chat,
@@ -190,10 +191,11 @@ def resolve_model(supervisor: Supervisor, body: dict[str, Any], endpoint: str) -
     if allowed is not None and model_type not in allowed:
         raise ApiError(
             400,
-            f"model {requested!r} is a {model_type.value} model; it is served at "
+            f"model {requested!r} is {with_article(model_type.value)} model; it is served at "
             f"{TYPE_ENDPOINTS[model_type]}, not {endpoint}",
             param="model",
             code="wrong_model_type",
+            model=name,
         )
     return name
 
@@ -243,6 +245,11 @@ def lifecycle_error(exc: QueueFull | WorkerStartError | ShuttingDown) -> ApiErro
         return ApiError(503, "mlx-serve is shutting down", code="shutting_down")
     if exc.code == "insufficient_memory":  # retrying will not help: 507, no Retry-After
         return ApiError(507, str(exc), code=exc.code)
+    if exc.http_status is not None:
+        # The supervisor knows the status: 404 for a model whose files are not on disk
+        # (model_not_downloaded / model_files_missing, as Ollama answers "try pulling it
+        # first"; not a 503, which clients retry), the hub's own for a failed auto pull.
+        return ApiError(exc.http_status, str(exc), code=exc.code or "model_unavailable")
     if exc.retry_after is not None:  # a crash loop backing off: when to try again
         retry = str(max(1, math.ceil(exc.retry_after)))
         return ApiError(503, str(exc), code=exc.code, headers={"Retry-After": retry})
@@ -261,16 +268,18 @@ async def _serve(
     """Lease the model's worker (waiting for a swap if needed) and forward one request."""
     supervisor = request.app[SUPERVISOR]
     trace = Trace(model=requested, endpoint=upstream.path, stream=stream)
+    request[TRACED] = True
+    asked_at = supervisor.clock.now()
     try:
         async with supervisor.lease(name, keep_alive=keep_alive) as lease:
-            trace.queued_s = lease.queued_s
+            trace.admit(load_s=load_wait(lease, asked_at))
             return await forward(request, lease=lease, upstream=upstream, trace=trace)
     except ApiError as exc:
-        trace.status, trace.error = exc.status, exc.message
+        trace.fail(exc)
         raise
     except (QueueFull, WorkerStartError, ShuttingDown) as exc:
         error = lifecycle_error(exc)
-        trace.status, trace.error = error.status, error.message
+        trace.fail(error)
         raise error from exc
     except asyncio.CancelledError:
         trace.status, trace.error = 499, "client closed the request"
@@ -322,20 +331,25 @@ def prepare(
     for 32000 on every request) and cannot be told otherwise.
     """
     name = resolve_model(supervisor, body, endpoint)
-    keep_alive = pop_keep_alive(body)
-    worker = supervisor.workers[name]
-    body = strip_fields({**worker.model.defaults, **body})  # the client's own values win
-    JSON_CHECKS[endpoint](body)
-    if endpoint == "/v1/chat/completions":
-        check_tool_fields(body)
-    if worker.model.type is ModelType.VISION and "messages" in body:
-        check_images(body["messages"], allow_remote=supervisor.config.server.allow_remote_images)
-    limit = worker.model.context_length
-    if clamp_max_tokens and limit is not None:
-        for key in ("max_tokens", "max_completion_tokens"):
-            if isinstance(body.get(key), int) and body[key] > limit:
-                body[key] = limit
-    _check_context_length(limit, body)
+    try:
+        keep_alive = pop_keep_alive(body)
+        worker = supervisor.workers[name]
+        body = strip_fields({**worker.model.defaults, **body})  # the client's own values win
+        JSON_CHECKS[endpoint](body)
+        if endpoint == "/v1/chat/completions":
+            check_tool_fields(body)
+        if worker.model.type is ModelType.VISION and "messages" in body:
+            allow_remote = supervisor.config.server.allow_remote_images
+            check_images(body["messages"], allow_remote=allow_remote)
+        limit = worker.model.context_length
+        if clamp_max_tokens and limit is not None:
+            for key in ("max_tokens", "max_completion_tokens"):
+                if isinstance(body.get(key), int) and body[key] > limit:
+                    body[key] = limit
+        _check_context_length(limit, body)
+    except ApiError as exc:
+        exc.model = exc.model or name  # a request for this model: counted under it
+        raise
     return Prepared(name, body["model"], keep_alive, body, endpoint)
 
 
@@ -370,7 +384,11 @@ async def proxy_form(request: web.Request, endpoint: str) -> web.StreamResponse:
         ) from exc
     form: dict[str, Any] = dict(fields)
     name = resolve_model(supervisor, form, endpoint)
-    keep_alive = pop_keep_alive(form)
+    try:
+        keep_alive = pop_keep_alive(form)
+    except ApiError as exc:
+        exc.model = name
+        raise
     return await _serve(
         request,
         name=name,
@@ -420,6 +438,8 @@ def model_entry(supervisor: Supervisor, name: str) -> dict[str, Any]:
     }
     if worker.state is WorkerState.FAILED and worker.last_error:
         entry["error"] = worker.last_error
+    if worker.pull_progress is not None:  # server.auto_pull is downloading it
+        entry["pull"] = worker.pull_progress
     return entry
 
 

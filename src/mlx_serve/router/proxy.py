@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from mlx_serve.errors import ApiError
+from mlx_serve.errors import ApiError, outcome_code
 from mlx_serve.router import upstream as worker_http
 from mlx_serve.router.upstream import UpstreamError, UpstreamResponse
 from mlx_serve.supervisor.states import WorkerState
@@ -38,50 +38,101 @@ RETRY_BACKOFF = 0.05
 DRAIN_AFTER_DONE = 5.0
 
 
+#: Set on a request whose outcome a :class:`Trace` reports (its ``request`` event), so the
+#: router's outcome middleware does not count it a second time.
+TRACED = web.RequestKey("mlx_serve_traced", bool)
+
+#: What a failure the relay records without an :class:`ApiError` (mid-stream, mid-body) is
+#: counted as.
+_RELAY_CODES = {502: "worker_died"}
+
+
 @dataclass
 class Trace:
-    """Timings of one proxied request, reported as a ``request`` event when it ends."""
+    """Timings of one proxied request, reported as a ``request`` event when it ends.
+
+    Three moments: ``arrived`` (the request was checked and asked for a worker), ``started``
+    (the worker was ready and the request admitted to it: :meth:`admit`; until then the
+    arrival) and the first token/byte (``ttft_s`` after ``started``). The wait before
+    admission is reported in two parts: ``load_s``, waiting for the model itself (a cold
+    start, a swap, a restart), and ``queued_s``, waiting behind other requests. So a cold
+    start shows up as load time, not as a slow first token or a low token rate.
+    """
 
     model: str
     endpoint: str
     stream: bool
-    started: float = field(default_factory=time.perf_counter)
+    arrived: float = field(default_factory=time.perf_counter)
+    started: float = field(init=False)
     queued_s: float = 0.0
+    load_s: float = 0.0
     ttft_s: float | None = None
     completion_tokens: int | None = None
     prompt_tokens: int | None = None
     status: int = 0
+    code: str | None = None
     retries: int = 0
     chunks: int = 0
     error: str | None = None
 
+    def __post_init__(self) -> None:
+        self.started = self.arrived
+
+    def admit(self, *, load_s: float = 0.0) -> None:
+        """The request was admitted to a ready worker now; ``load_s`` of its wait was for
+        the model to become ready (see :func:`load_wait`), the rest was queueing."""
+        now = time.perf_counter()
+        waited = max(0.0, now - self.arrived)
+        self.load_s = min(max(0.0, load_s), waited)
+        self.queued_s = waited - self.load_s
+        self.started = now
+
+    def fail(self, error: ApiError) -> None:
+        self.status, self.code, self.error = error.status, error.code, error.message
+
     def summary(self) -> dict[str, Any]:
-        total = time.perf_counter() - self.started
+        now = time.perf_counter()
         # A usage block wins; without one, each streamed chunk is about one token.
         tokens = (
             self.completion_tokens if self.completion_tokens is not None else self.chunks or None
         )
         tps = None
-        if tokens and self.stream and self.ttft_s is not None:
-            # Streamed: decode speed, from the first token to the last.
-            if total > self.ttft_s:
-                tps = tokens / (total - self.ttft_s)
-        elif tokens and total > 0:
-            # Not streamed: the first byte is the whole answer, so only the overall rate exists.
-            tps = tokens / total
+        if tokens and self.ttft_s is not None:
+            if self.stream:
+                # Decode speed: the tokens after the first, over the time from the first to
+                # the last.
+                generating = now - self.started - self.ttft_s
+                if tokens > 1 and generating > 0:
+                    tps = (tokens - 1) / generating
+            elif self.ttft_s > 0:
+                # Not streamed: the first byte is the whole answer, so the rate is over the
+                # worker's time (prompt included), from admission to the answer.
+                tps = tokens / self.ttft_s
+        code = None
+        if self.status >= 400:
+            code = outcome_code(self.status, self.code or _RELAY_CODES.get(self.status))
         return {
             "endpoint": self.endpoint,
             "stream": self.stream,
             "status": self.status,
+            "code": code,
             "queued_s": round(self.queued_s, 4),
+            "load_s": round(self.load_s, 4),
             "ttft_s": None if self.ttft_s is None else round(self.ttft_s, 4),
-            "latency_s": round(total, 4),
+            "latency_s": round(now - self.arrived, 4),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": tokens,
             "tokens_per_s": None if tps is None else round(tps, 2),
             "retries": self.retries,
             "error": self.error,
         }
+
+
+def load_wait(lease: Lease, asked_at: float) -> float:
+    """How much of a request's wait for ``lease`` (since ``asked_at``, on the supervisor's
+    clock) went to its model becoming ready: a cold start, a swap, a restart after a crash.
+    Zero when the worker was ready already when the request asked for it."""
+    return max(0.0, lease.worker.ready_since - asked_at)
 
 
 class _ModelRenamer:
@@ -288,7 +339,7 @@ async def _relay_stream(
                     buffer = chunk
                     continue
                 chunk, buffer = chunk[: cut + 2], chunk[cut + 2 :]
-            if trace.ttft_s is None:
+            if trace.ttft_s is None and b"data:" in chunk:  # not mlx_lm's ": keepalive"
                 trace.ttft_s = time.perf_counter() - trace.started
             _count_stream_tokens(chunk, trace)
             if _ends_stream(chunk):

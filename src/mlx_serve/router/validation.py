@@ -125,7 +125,8 @@ def check_rerank(body: dict[str, Any]) -> None:
     if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
         raise ApiError(400, "'instruction' must be a non-empty string", param="instruction")
     fields = body.get("rank_fields")
-    if fields is not None and (not isinstance(fields, list) or set(fields) - {"text"}):
+    # Compared one by one: a set() of the list would raise on an unhashable item ([[]]).
+    if fields is not None and (not isinstance(fields, list) or any(f != "text" for f in fields)):
         raise ApiError(
             400,
             "'rank_fields' may only name \"text\": documents are ranked by their text",

@@ -488,17 +488,6 @@ class ServiceStatus:
             return None
         return os.access(self.program, os.X_OK)
 
-    @property
-    def exit_code(self) -> int:
-        """0 running, 3 installed but not running, 4 not installed, 1 unknown (LSB-like)."""
-        if not self.installed:
-            return 4
-        if self.running:
-            return 0
-        if self.running is None:
-            return 1
-        return 3
-
     def to_json(self) -> dict[str, Any]:
         return {
             "manager": self.manager,

@@ -38,6 +38,7 @@ class ModelView:
     unload_requested: bool = False  # an operator asked for it to be unloaded
     size_bytes: int = 0  # planned footprint: max(estimate, measured before)
     pinned: bool = False  # never evicted to make room for another model
+    fetching: bool = False  # its files are being downloaded: it cannot start yet
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,9 @@ def refusal(views: Mapping[str, ModelView], limits: Limits, target: ModelView) -
 
 
 def next_target(views: Mapping[str, ModelView]) -> ModelView | None:
-    """The not-loaded model whose oldest queued request has waited longest."""
-    candidates = [v for v in views.values() if v.state in DOWN and v.waiting > 0]
+    """The not-loaded model whose oldest queued request has waited longest (one whose files
+    are still being downloaded cannot start, so it neither evicts nor drains anyone yet)."""
+    candidates = [v for v in views.values() if v.state in DOWN and v.waiting > 0 and not v.fetching]
     return min(candidates, key=lambda v: v.oldest_wait or 0.0, default=None)
 
 

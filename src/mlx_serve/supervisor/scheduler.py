@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -60,8 +61,12 @@ class Scheduler:
         queue_limit: int,
         clock: Clock,
         events: EventBus,
+        on_start_refused: Callable[[str, WorkerStartError], bool] = lambda _name, _exc: False,
     ) -> None:
         self.workers = workers
+        # A start refused (files missing): True if that was taken care of (a pull began) and
+        # the waiters stay queued, else they get the error.
+        self._on_start_refused = on_start_refused
         self.limits = limits
         self.queue_limit = queue_limit
         self._clock = clock
@@ -276,7 +281,8 @@ class Scheduler:
                 try:
                     await worker.ensure_ready()
                 except WorkerStartError as exc:
-                    self.fail_waiters(action.model, exc)
+                    if not self._on_start_refused(action.model, exc):
+                        self.fail_waiters(action.model, exc)
                 except Exception as exc:
                     # A bug must not strand the waiters: they get a 503 naming it.
                     log.exception("starting %s failed", action.model)
@@ -312,6 +318,7 @@ class Scheduler:
                 unload_requested=name in self._unloads,
                 size_bytes=worker.footprint.planned_bytes,
                 pinned=worker.model.pin,
+                fetching=worker.pull_progress is not None,
             )
             for name, worker in self.workers.items()
         }

@@ -28,7 +28,13 @@ import aiohttp
 from mlx_serve.files import append_line
 from mlx_serve.observability.memory import tree_rss_bytes
 from mlx_serve.workers.base import SpareContext, SpareDriver, spare_support
-from mlx_serve.workers.process import SIGKILL, end_group, free_port, read_log_tail
+from mlx_serve.workers.process import (
+    SIGKILL,
+    describe_exit,
+    end_group,
+    free_port,
+    read_log_tail,
+)
 
 if TYPE_CHECKING:
     from mlx_serve.config import ModelConfig, ModelType
@@ -243,9 +249,7 @@ class SparePool:
         if self.spares.get(spare.kind) is spare:
             del self.spares[spare.kind]
         spare.proc.signal_group(SIGKILL)
-        self._failed(
-            spare.kind, f"the spare exited with code {code}", read_log_tail(spare.log_path)
-        )
+        self._failed(spare.kind, f"the spare {describe_exit(code)}", read_log_tail(spare.log_path))
         self._on_change()
         self.wake()
 

@@ -22,10 +22,11 @@ from mlx_serve.supervisor.events import EventBus
 from mlx_serve.supervisor.footprints import SAMPLE_INTERVAL, FootprintTracker
 from mlx_serve.supervisor.footprints import measure as measure_footprint
 from mlx_serve.supervisor.policy import Limits
+from mlx_serve.supervisor.pulls import AutoPuller, PullFn
 from mlx_serve.supervisor.scheduler import Scheduler
 from mlx_serve.supervisor.spares import SparePool
 from mlx_serve.supervisor.states import RESIDENT, WorkerState
-from mlx_serve.supervisor.worker import ManagedWorker, WorkerStartError
+from mlx_serve.supervisor.worker import ManagedWorker, ModelFilesMissing, WorkerStartError
 from mlx_serve.workers.process import Launcher, SubprocessLauncher
 from mlx_serve.workers.registry import default_drivers
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mlx_serve.config import Config, ModelConfig, ModelType, ServerConfig
+    from mlx_serve.hub.cache import MissingFiles
     from mlx_serve.workers.base import WorkerDriver
 
 
@@ -64,7 +66,14 @@ def limits_for(server: ServerConfig, budget: Budget | None, reserved_bytes: int 
 
 
 class Supervisor:
-    """Owns the workers; hands out leases on them."""
+    """Owns the workers; hands out leases on them.
+
+    Before a model starts, its files must be on disk (:meth:`check_files`), for the drivers
+    of :func:`~mlx_serve.workers.registry.default_drivers`. A driver given in ``drivers``
+    (a test's fake, an embedder's own) is trusted to need none unless it has a true
+    ``needs_model_files`` attribute. ``pull`` replaces :func:`mlx_serve.hub.pull` for
+    ``server.auto_pull`` (tests).
+    """
 
     def __init__(
         self,
@@ -76,6 +85,7 @@ class Supervisor:
         clock: Clock | None = None,
         sample_interval: float = SAMPLE_INTERVAL,
         measure: Callable[[int | None, int | None], int | None] = measure_footprint,
+        pull: PullFn | None = None,
     ) -> None:
         self.config = config
         self.data_dir = data_dir
@@ -84,6 +94,11 @@ class Supervisor:
         self._launcher = launcher or SubprocessLauncher()
         # Drivers given here (tests, embedders) replace the defaults type by type.
         self._drivers = {**default_drivers(), **(drivers or {})}
+        self._files_checked = {
+            kind
+            for kind, driver in self._drivers.items()
+            if getattr(driver, "needs_model_files", kind not in (drivers or {}))
+        }
         self.started_at = self.clock.wall()
         self.workers: dict[str, ManagedWorker] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -109,6 +124,13 @@ class Supervisor:
         )
         self._spare_task: asyncio.Task[None] | None = None
         self._liveness_task: asyncio.Task[None] | None = None
+        self.pulls = AutoPuller(
+            events=self.events,
+            clock=self.clock,
+            on_success=self._pulled,
+            on_failure=self._pull_failed,
+            pull=pull,
+        )
         for name, model in config.models.items():
             self.add_worker(name, model)
         server = config.server
@@ -118,6 +140,7 @@ class Supervisor:
             queue_limit=server.queue_limit,
             clock=self.clock,
             events=self.events,
+            on_start_refused=self._start_refused,
         )
 
         self.reload_lock = asyncio.Lock()  # one config reload at a time
@@ -135,6 +158,7 @@ class Supervisor:
             log_dir=self.data_dir / "logs",
             on_change=self._on_worker_change,
             preflight=self._memory_preflight,
+            files_check=self._missing_files,
             spares=self.spares,
         )
         self.workers[name] = worker
@@ -181,6 +205,7 @@ class Supervisor:
         self.scheduler.fail_waiters(
             name, WorkerStartError(name, "the model was removed from the config")
         )
+        await self.pulls.cancel(name, "the model was removed from the config")
         await self.unload(name)
         # Requests that queued while it drained (the router resolved the name before the
         # reload) get the same answer instead of waiting on a model that is gone.
@@ -202,6 +227,96 @@ class Supervisor:
         except Exception:  # an estimate that fails must never block a load
             return None
         return load_refusal(estimate, system_memory().available_bytes)
+
+    # ------------------------------------------------------------ model files
+
+    def _missing_files(self, model: ModelConfig) -> MissingFiles | None:
+        """What ``model`` lacks on disk to start, or None (also when it is not checked)."""
+        if model.type not in self._files_checked:
+            return None
+        try:
+            from mlx_serve.hub import check_model_files  # noqa: PLC0415 - only when starting
+
+            return check_model_files(model.path)
+        except Exception:  # a check that fails must never block a start
+            log.exception("checking the files of %s failed", model.path)
+            return None
+
+    def check_files(self, name: str) -> None:
+        """Before a request waits for ``name``: are its files there to start it?
+
+        Yes (or it runs already, or they are being pulled): return. A hub repo not in the
+        cache with ``server.auto_pull``: start pulling it, and return (the request waits in
+        the queue for the pull, then the start). Otherwise raise :class:`ModelFilesMissing`
+        at once: no worker is started for files that are not there, and it is no crash.
+        """
+        worker = self.workers[name]
+        if (
+            worker.state is WorkerState.READY
+            or worker.files_busy is not None  # being deleted: the start refuses, saying so
+            or self.pulls.pulling(name)
+        ):
+            return
+        missing = worker.missing_files()
+        if missing is None or self._auto_pull(worker, missing):
+            return
+        error = ModelFilesMissing(name, missing)
+        self.events.emit(
+            "model.missing_files", name, reason=error.reason, code=missing.code,
+            path=str(missing.path) if missing.path else None, repo=missing.repo_id,
+        )  # fmt: skip
+        raise error
+
+    def _auto_pull(self, worker: ManagedWorker, missing: MissingFiles) -> bool:
+        """Pull what ``worker`` lacks if ``server.auto_pull`` says so; True if it began."""
+        if missing.repo_id is None or not self.config.server.auto_pull:
+            return False
+        self.pulls.start(worker, missing.repo_id)
+        return True
+
+    def _start_refused(self, name: str, exc: WorkerStartError) -> bool:
+        """A queued start found the files missing (deleted, or the path changed by a reload
+        since the request queued): pull them if allowed, keeping its waiters queued."""
+        worker = self.workers.get(name)
+        if worker is None or not isinstance(exc, ModelFilesMissing):
+            return False
+        return self._auto_pull(worker, exc.missing)
+
+    def _pulled(self, worker: ManagedWorker, repo: str) -> None:
+        """A pull for ``worker`` is done: its files decide its estimate now, and the start."""
+        if self.workers.get(worker.name) is not worker:
+            return
+        self.footprints.plan(worker)
+        missing = worker.missing_files()
+        if missing is not None and self.scheduler.waiting(worker.name):
+            if missing.repo_id not in (None, repo) and self._auto_pull(worker, missing):
+                return  # a reload changed its path meanwhile: that one is pulled now
+            self.scheduler.fail_waiters(
+                worker.name,
+                WorkerStartError(
+                    worker.name,
+                    f"{repo} was downloaded, but {missing.problem}",
+                    code="model_files_missing",
+                    http_status=404,
+                ),
+            )
+        self.scheduler.wake()
+
+    def _pull_failed(self, worker: ManagedWorker, repo: str, exc: Exception) -> None:
+        """Fail the requests waiting for ``worker``'s files with the hub's error (no start,
+        so no crash and no backoff); a later request tries again."""
+        status = getattr(exc, "http_status", None)
+        error = WorkerStartError(
+            worker.name,
+            f"downloading {repo} failed: {exc}",
+            code=getattr(exc, "code", None) or "pull_failed",
+            http_status=status if isinstance(status, int) else 502,
+            headline=(
+                f"model {worker.name!r} ({repo}) is not downloaded, and downloading it "
+                f"failed: {exc}"
+            ),
+        )
+        self.scheduler.fail_waiters(worker.name, error)
 
     def _on_worker_change(self) -> None:
         # A crash or a finished start changes what the scheduler may do next (and whether
@@ -280,6 +395,7 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Refuse new work, stop every worker (SIGTERM -> grace -> SIGKILL), wait for all."""
         await self.scheduler.close()
+        await self.pulls.close()
         tasks = (self._loop_task, self._sampler_task, self._spare_task, self._liveness_task)
         for task in tasks:
             if task is not None:
@@ -314,6 +430,7 @@ class Supervisor:
         worker = self.workers.get(name)
         if worker is None:  # removed by a config reload after the router resolved the name
             raise WorkerStartError(name, "the model was removed from the config")
+        self.check_files(name)
         queued_at = self.clock.now()
         await self.scheduler.acquire(name, count=count)
         try:
@@ -332,8 +449,21 @@ class Supervisor:
 
     async def unload(self, name: str, *, force: bool = False) -> None:
         """Unload ``name``: after its in-flight requests finish, or at once with ``force``
-        (their clients then get an error naming the forced unload). Returns when stopped."""
+        (their clients then get an error naming the forced unload). Returns when stopped.
+        A model whose files are being pulled stops pulling (the partial files stay for the
+        next pull), and the requests waiting for it are told so."""
         worker = self.workers[name]
+        if self.pulls.pulling(name):
+            # Its waiters first: once the pull is gone the scheduler would start the model
+            # for them, and that start would begin another pull.
+            self.scheduler.fail_waiters(
+                name,
+                WorkerStartError(
+                    name, "its download was cancelled (the model was unloaded)",
+                    code="pull_cancelled", http_status=503,
+                ),
+            )  # fmt: skip
+            await self.pulls.cancel(name, "unloaded by an operator")
         if worker.state not in RESIDENT:
             return
         if force:

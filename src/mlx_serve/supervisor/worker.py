@@ -23,7 +23,9 @@ from mlx_serve.workers.process import (
     SIGKILL,
     Launcher,
     WorkerProcess,
+    describe_exit,
     end_group,
+    exit_signal,
     free_port,
     read_log_tail,
 )
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from mlx_serve.config import ModelConfig, ServerConfig
+    from mlx_serve.hub.cache import MissingFiles
     from mlx_serve.residency.estimate import Estimate
     from mlx_serve.supervisor.clock import Clock
     from mlx_serve.supervisor.events import EventBus
@@ -57,8 +60,24 @@ MAX_BACKOFF = 60.0
 STABLE_AFTER = 60.0
 
 
+#: How a start error's message goes on after the model's name, by its ``code``.
+_VERBS = {
+    "insufficient_memory": "cannot be loaded",
+    "backoff": "is not started again yet",
+    "model_files_missing": "cannot be started",
+}
+
+
 class WorkerStartError(Exception):
-    """The worker could not be made ready; ``reason`` says why, ``log_tail`` shows its output."""
+    """The worker could not be made ready; ``reason`` says why, ``log_tail`` shows its output.
+
+    ``code`` is empty for a start that failed (a crash, a timeout: these count towards the
+    crash-loop backoff) and names the refusal otherwise: ``insufficient_memory`` (load guard),
+    ``backoff``, ``files_busy``, ``model_not_downloaded`` / ``model_files_missing`` (see
+    :class:`ModelFilesMissing`), or a failed pull's hub error code (``hub_offline``,
+    ``repo_not_found``...). ``http_status``, when set, is the status a client should get;
+    ``headline`` replaces the message's usual "model 'x' failed to start: reason".
+    """
 
     def __init__(
         self,
@@ -68,19 +87,43 @@ class WorkerStartError(Exception):
         *,
         code: str = "",
         retry_after: float | None = None,
+        http_status: int | None = None,
+        headline: str | None = None,
     ) -> None:
-        verb = "cannot be loaded" if code == "insufficient_memory" else "failed to start"
-        if code == "backoff":
-            verb = "is not started again yet"
-        message = f"model {name!r} {verb}: {reason}"
+        message = headline or f"model {name!r} {_VERBS.get(code, 'failed to start')}: {reason}"
         if log_tail:
             message += f"\n--- last lines of its log ---\n{log_tail}"
         super().__init__(message)
         self.name = name
         self.reason = reason
         self.log_tail = log_tail
-        self.code = code  # "insufficient_memory" (load guard), "backoff", "files_busy"
+        self.code = code
         self.retry_after = retry_after  # seconds, when retrying later can help
+        self.http_status = http_status
+
+
+class ModelFilesMissing(WorkerStartError):
+    """The model's files are not on disk, so no worker is started (and no backoff counted).
+
+    A hub repo not in the cache (``model_not_downloaded``: pulling it helps, see
+    ``missing.repo_id``) or a local directory that is gone or holds no model
+    (``model_files_missing``). Clients get a 404, as Ollama answers for a model not pulled.
+    """
+
+    def __init__(self, name: str, missing: MissingFiles) -> None:
+        self.missing = missing
+        if missing.repo_id is not None:
+            repo = missing.repo_id
+            reason = f"{repo} is not downloaded: {missing.problem}"
+            headline = (
+                f"model {name!r} ({repo}) is not downloaded ({missing.problem}); run: "
+                f"mlx-serve models pull {repo} (or set server.auto_pull: true in models.yaml "
+                "to download models on first use)"
+            )
+        else:
+            reason = missing.problem
+            headline = f"model {name!r} cannot be started: {reason} (check its path in models.yaml)"
+        super().__init__(name, reason, code=missing.code, http_status=404, headline=headline)
 
 
 class ManagedWorker:
@@ -99,6 +142,7 @@ class ManagedWorker:
         log_dir: Path,
         on_change: Callable[[], None] = lambda: None,
         preflight: Callable[[ModelConfig], str | None] = lambda _model: None,
+        files_check: Callable[[ModelConfig], MissingFiles | None] = lambda _model: None,
         host: str = "127.0.0.1",
         spares: SparePool | None = None,
     ) -> None:
@@ -111,6 +155,7 @@ class ManagedWorker:
         self._events = events
         self._on_change = on_change
         self._preflight = preflight
+        self.files_check = files_check
         self._host = host
         self.log_path = log_dir / f"{_safe_filename(name)}.log"
         self.output_log = self.log_path  # where the current process writes (a spare's own log)
@@ -129,6 +174,9 @@ class ManagedWorker:
         self.proc: WorkerProcess | None = None
         self.footprint = Footprint()
         self.files_busy: str | None = None  # why starts are refused right now (claim_files)
+        #: While ``server.auto_pull`` downloads this model's files (no start before that ends):
+        #: repo, status, completed/total bytes, percent, started_at. None otherwise.
+        self.pull_progress: dict[str, Any] | None = None
         self.failures = 0  # failed starts, and crashes within STABLE_AFTER of one, in a row
         self.ready_since = 0.0
         self.retry_at = 0.0  # monotonic: no start before this (crash-loop backoff)
@@ -206,6 +254,18 @@ class ManagedWorker:
     def update_router_settings(self, model: ModelConfig) -> None:
         """Settings only the router reads (defaults, aliases, timeouts, pin): at once."""
         self.model = model
+
+    def set_pull_progress(self, progress: dict[str, Any] | None) -> None:
+        """A pull of this model's files began, progressed (a new dict each time) or ended
+        (None). Only its start and end change what the scheduler may do."""
+        changed = (progress is None) != (self.pull_progress is None)
+        self.pull_progress = progress
+        if changed:
+            self._on_change()
+
+    def missing_files(self) -> MissingFiles | None:
+        """What the model the next start would run lacks on disk, or None (see ensure_ready)."""
+        return self.files_check(self.pending_model or self.model)
 
     def note_forced_unload(self) -> None:
         self.last_error = "the model was force-unloaded by an operator"
@@ -290,6 +350,11 @@ class ManagedWorker:
                 return
             if self.files_busy is not None:
                 raise WorkerStartError(self.name, self.files_busy, code="files_busy")
+            missing = self.missing_files()
+            if missing is not None:
+                # Nothing to start (the worker would fail on its own, seconds later and
+                # less clearly); not a crash, so no backoff, and the state stays as it is.
+                raise ModelFilesMissing(self.name, missing)
             wait = self.retry_at - self._clock.now()
             if wait > 0:
                 raise WorkerStartError(
@@ -308,7 +373,7 @@ class ManagedWorker:
         another claim holds); otherwise every start fails at once with ``why`` instead of
         loading half-deleted files, until :meth:`release_files`.
         """
-        if self.state not in DOWN or self.files_busy is not None:
+        if self.state not in DOWN or self.files_busy is not None or self.pull_progress is not None:
             return False
         self.files_busy = why
         return True
@@ -462,7 +527,7 @@ class ManagedWorker:
                     probe.cancel()
                     raise WorkerStartError(
                         self.name,
-                        f"the worker exited with code {proc.returncode} while loading",
+                        f"the worker {describe_exit(proc.returncode)} while loading",
                         read_log_tail(self.output_log),
                     )
                 if probe not in done:
@@ -507,9 +572,12 @@ class ManagedWorker:
             self.footprint = self.footprint.unloaded()
             if self._clock.now() - self.ready_since >= STABLE_AFTER:
                 self.failures = 0  # it ran long enough: this crash starts a new count
-            reason = self._kill_reason or f"the worker exited with code {code}"
+            reason = self._kill_reason or crash_reason(code)
             self._kill_reason = None
-            self._events.emit("worker.crashed", self.name, exit_code=code, log_tail=tail)
+            self._events.emit(
+                "worker.crashed", self.name, reason=reason, exit_code=code,
+                signal=exit_signal(code), pid=proc.pid, log_tail=tail,
+            )  # fmt: skip
             self._fail(reason, log_tail=tail)
 
     # ------------------------------------------------------------------ stop
@@ -564,6 +632,17 @@ class ManagedWorker:
             await self._session.close()
 
 
+def crash_reason(code: int | None) -> str:
+    """Why a loaded worker is gone, from its exit status alone: "the worker was killed by
+    SIGKILL" (with what usually sends that), or "the worker exited with code 3"."""
+    reason = f"the worker {describe_exit(code)}"
+    if exit_signal(code) == "SIGKILL":
+        # Not mlx-serve (its own kills set a reason): the kernel when memory ran out (the
+        # OOM killer, macOS's jetsam), or someone's kill -9.
+        reason += " (out of memory, or kill -9 by another program)"
+    return reason
+
+
 def _lost_port_race(exc: WorkerStartError) -> bool:
     """Did the worker exit while loading because its port was taken (EADDRINUSE)?"""
     this_start = exc.log_tail.rsplit("=== mlx-serve:", 1)[-1]  # not an earlier start's lines
@@ -575,4 +654,10 @@ def _safe_filename(name: str) -> str:
     return cleaned or "model"
 
 
-__all__ = ["PROBE_INTERVAL", "ManagedWorker", "WorkerStartError"]
+__all__ = [
+    "PROBE_INTERVAL",
+    "ManagedWorker",
+    "ModelFilesMissing",
+    "WorkerStartError",
+    "crash_reason",
+]

@@ -5,11 +5,16 @@
   with its failure flags taken from the model's ``args``.
 - :class:`FakeLauncher` / :class:`FakeProcess` / :class:`InstantDriver`: no process at all,
   for scheduler and state-machine tests that must not fork.
+- :func:`cache_snapshot`: put a model into a Hugging Face cache directory as a download
+  would (for tests of what needs a model "downloaded").
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -22,7 +27,14 @@ from mlx_serve.workers.text import TextDriver
 if TYPE_CHECKING:
     from mlx_serve.config import ModelConfig
 
-__all__ = ["FakeClock", "FakeLauncher", "FakeProcess", "FakeWorkerDriver", "InstantDriver"]
+__all__ = [
+    "FakeClock",
+    "FakeLauncher",
+    "FakeProcess",
+    "FakeWorkerDriver",
+    "InstantDriver",
+    "cache_snapshot",
+]
 
 
 class FakeWorkerDriver(TextDriver):
@@ -86,12 +98,17 @@ class FakeLauncher:
 
 
 class InstantDriver:
-    """A driver for :class:`FakeLauncher`: ready as soon as its fake process says so."""
+    """A driver for :class:`FakeLauncher`: ready as soon as its fake process says so.
+
+    ``needs_model_files``: check the model's files before a start, as the real drivers do
+    (off by default: fake models have no files).
+    """
 
     health_path = "/health"
 
-    def __init__(self, launcher: FakeLauncher) -> None:
+    def __init__(self, launcher: FakeLauncher, *, needs_model_files: bool = False) -> None:
         self._launcher = launcher
+        self.needs_model_files = needs_model_files
 
     def launch_spec(self, ctx: LaunchContext) -> LaunchSpec:
         return LaunchSpec(argv=["fake", ctx.name], log_path=ctx.log_path)
@@ -104,3 +121,25 @@ class InstantDriver:
     ) -> dict[str, Any] | None:
         proc = self._launcher.launched[-1]
         return {} if proc.ready else None
+
+
+def cache_snapshot(cache: Path, repo_id: str, files: Mapping[str, bytes | Path]) -> Path:
+    """Lay ``files`` out in the hub cache ``cache`` as ``repo_id``'s snapshot of ``main``
+    (blobs, a snapshot of symlinks, ``refs/main``), the way a finished download leaves them.
+    Values are contents, or files to copy. Returns the snapshot directory."""
+    contents = {name: v.read_bytes() if isinstance(v, Path) else v for name, v in files.items()}
+    digest = hashlib.sha1(repr(sorted(contents.items())).encode(), usedforsecurity=False)
+    commit = digest.hexdigest()
+    storage = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = storage / "snapshots" / commit
+    for name, data in contents.items():
+        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(blob)
+    (storage / "refs").mkdir(parents=True, exist_ok=True)
+    (storage / "refs" / "main").write_text(commit)
+    return snapshot

@@ -45,7 +45,13 @@ class ProbeError(Exception):
 
 
 class WorkerDriver(Protocol):
-    """How one model type is started and proven ready."""
+    """How one model type is started and proven ready.
+
+    Before a start, the supervisor checks that the model's files are on disk (a local
+    directory with ``config.json`` and weights, or a hub repo in the cache) for the drivers
+    it ships; a driver handed to it in their place (a test's fake) is not checked unless it
+    has the optional attribute ``needs_model_files = True``.
+    """
 
     #: Request path that answers as soon as the HTTP server is up (liveness, not readiness).
     health_path: str

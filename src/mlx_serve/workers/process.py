@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 from collections.abc import Mapping, Sequence
@@ -132,8 +133,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def read_log_tail(path: Path, lines: int = 20, max_bytes: int = 16_384) -> str:
-    """The last ``lines`` lines of a worker log, for error messages and crash events."""
+def read_log_tail(path: Path, lines: int = 20, max_bytes: int = 65_536) -> str:
+    """The last lines of a worker log that say something, for error messages and crash events:
+    see :func:`relevant_tail`."""
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
@@ -142,8 +144,78 @@ def read_log_tail(path: Path, lines: int = 20, max_bytes: int = 16_384) -> str:
             data = f.read()
     except OSError:
         return ""
-    text = data.decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
+    return relevant_tail(data.decode("utf-8", errors="replace"), lines)
+
+
+#: The line the supervisor writes into a worker's log before each start (and a spare's).
+RUN_HEADER = "=== mlx-serve:"
+_TRACEBACK = "Traceback (most recent call last):"
+#: Progress bars (tqdm's "Fetching 9 files:  44%|####4     | 4/9 [00:01<00:02, 2.1it/s]",
+#: and its total-less "12it [00:03, 3.9it/s]"): the log's most common noise.
+_PROGRESS_BAR = re.compile(
+    r"\d{1,3}%\|"  # "44%|"
+    r"|\[\d+:\d{2}(?::\d{2})?<"  # "[00:01<", elapsed<remaining
+    r"|\d(?:it|B|kB|MB|GB)?/s\]$"  # "2.1it/s]" at the end
+)
+#: HTTP access-log lines (mlx_lm's http.server, uvicorn, aiohttp): one per request, never
+#: why a worker died.
+_ACCESS_LOG = re.compile(r'"(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH) \S+ HTTP/[\d.]+" \d{3}\b')
+#: Lines kept after a traceback's exception line (what the worker said once it had failed).
+_AFTER_TRACEBACK = 5
+
+
+def relevant_tail(text: str, lines: int = 20) -> str:
+    """The last ``lines`` lines of a worker's output that matter for why it failed.
+
+    Only the latest run counts (the output after the last :data:`RUN_HEADER`; the header
+    itself is left out). Blank lines, progress bars and HTTP access-log lines are dropped:
+    the last line of a log is most often one of those, and never the reason. When the output
+    holds a Python traceback, its end is what is kept (the innermost frames and the
+    exception), with at most a few lines that came after it, even if more lines followed.
+    """
+    run = text.rsplit(RUN_HEADER, 1)
+    if len(run) == 2:
+        text = run[1].split("\n", 1)[1] if "\n" in run[1] else ""
+    kept: list[str] = []
+    for raw in text.split("\n"):
+        line = raw.rstrip().rsplit("\r", 1)[-1].rstrip()  # what a terminal would show last
+        if not line.strip() or _PROGRESS_BAR.search(line) or _ACCESS_LOG.search(line):
+            continue
+        kept.append(line)
+    start = next((i for i in range(len(kept) - 1, -1, -1) if kept[i].startswith(_TRACEBACK)), None)
+    if start is None or lines < 2 * _AFTER_TRACEBACK:
+        return "\n".join(kept[-lines:]) if lines > 0 else ""
+    # The exception line ends the traceback: the first line after it that is not indented.
+    end = next((i for i in range(start + 1, len(kept)) if not kept[i][:1].isspace()), len(kept) - 1)
+    after = kept[end + 1 :]
+    if len(after) > _AFTER_TRACEBACK:
+        after = ["...", *after[-(_AFTER_TRACEBACK - 1) :]]
+    room = lines - len(after)  # at least _AFTER_TRACEBACK
+    block = kept[start : end + 1]
+    if len(block) > room:  # its header, then its innermost frames and the exception
+        block = [block[0], "  ...", *block[-(room - 2) :]]
+    else:  # room to spare: what the worker said before it
+        block = kept[max(0, start - (room - len(block))) : start] + block
+    return "\n".join(block + after)
+
+
+def describe_exit(code: int | None) -> str:
+    """How a process ended, as a verb phrase after its subject: "exited with code 3", or "was
+    killed by SIGKILL" (asyncio reports a death by signal as the negative signal number)."""
+    if code is None:
+        return "ended (its exit status is unknown)"
+    name = exit_signal(code)
+    return f"was killed by {name}" if name is not None else f"exited with code {code}"
+
+
+def exit_signal(code: int | None) -> str | None:
+    """The name of the signal that ended a process (``"SIGKILL"``), or None."""
+    if code is None or code >= 0:
+        return None
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
 
 
 SIGTERM = signal.SIGTERM

@@ -341,7 +341,7 @@ def openai_tool_choice(choice: object) -> dict[str, Any]:
     """``tool_choice`` in OpenAI's words (plus ``parallel_tool_calls`` when forbidden)."""
     kind = choice.get("type") if isinstance(choice, dict) else None
     out: dict[str, Any] = {}
-    if kind in TOOL_CHOICES:
+    if isinstance(kind, str) and kind in TOOL_CHOICES:  # a list or object is unhashable
         out["tool_choice"] = TOOL_CHOICES[kind]
     elif kind == "tool" and isinstance(choice, dict) and isinstance(choice.get("name"), str):
         out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
@@ -532,7 +532,8 @@ class StreamTranslator:
         for n, call in enumerate(calls if isinstance(calls, list) else []):
             if not isinstance(call, dict):
                 continue
-            key = call.get("index", n)
+            index = call.get("index")
+            key = index if isinstance(index, int) else n  # a worker's odd index: a dict key
             function: dict[str, Any] = call.get("function") or {}
             if not isinstance(function, dict):
                 continue

@@ -47,6 +47,7 @@ from aiohttp import web
 from mlx_serve import __version__
 from mlx_serve.config import ModelType
 from mlx_serve.errors import ApiError
+from mlx_serve.grammar import with_article
 from mlx_serve.router.calls import Reply, call_model
 from mlx_serve.router.keys import SUPERVISOR
 from mlx_serve.router.management import delete_model_files
@@ -147,7 +148,7 @@ def _resolve(supervisor: Supervisor, requested: object, endpoint: str | None) ->
     if allowed is not None and model_type not in allowed:
         raise ApiError(
             400,
-            f"model {requested!r} is a {model_type.value} model and does not support "
+            f"model {requested!r} is {with_article(model_type.value)} model and does not support "
             f"{endpoint}; "
             + _TYPE_HINTS.get(model_type.value, "it is served on the OpenAI routes (/v1/...)"),
             param="model",
@@ -433,7 +434,8 @@ class Turn:
         delta = delta if isinstance(delta, dict) else {}
         text = choice.get("text") if "text" in choice else delta.get("content")
         thinking = delta.get("reasoning") or delta.get("reasoning_content")
-        for call in delta.get("tool_calls") or []:
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else []:
             if isinstance(call, dict):
                 self._add_call(call)
         text = text if isinstance(text, str) else ""
@@ -502,9 +504,9 @@ def _stats(turn: Turn, reply: Reply, started: float) -> dict[str, Any]:
         completion_tokens = trace.chunks
     return {
         "total_duration": nanoseconds(now - started),
-        "load_duration": nanoseconds(trace.queued_s),
+        "load_duration": nanoseconds(trace.load_s),
         "prompt_eval_count": prompt_tokens if isinstance(prompt_tokens, int) else 0,
-        "prompt_eval_duration": nanoseconds(first - trace.queued_s),
+        "prompt_eval_duration": nanoseconds(first),
         "eval_count": completion_tokens,
         "eval_duration": nanoseconds(elapsed - first),
     }
@@ -689,7 +691,7 @@ async def embed(request: web.Request) -> web.Response:
             "model": requested,
             "embeddings": vectors,
             "total_duration": nanoseconds(time.perf_counter() - started),
-            "load_duration": nanoseconds(reply.trace.queued_s),
+            "load_duration": nanoseconds(reply.trace.load_s),
             "prompt_eval_count": tokens if isinstance(tokens, int) else 0,
         }
     )
@@ -846,7 +848,9 @@ def _expires_at(supervisor: Supervisor, name: str) -> str:
         return timestamp(_NEVER.timestamp())
     now_mono, now_wall = supervisor.clock.now(), supervisor.clock.wall()
     idle_since = worker.last_used if worker.inflight == 0 else now_mono
-    return timestamp(now_wall + max(0.0, idle_since + timeout - now_mono))
+    expires = now_wall + max(0.0, idle_since + timeout - now_mono)
+    # keep_alive may be any finite number of seconds (1e308): past what a date can hold.
+    return timestamp(min(expires, _NEVER.timestamp()))
 
 
 async def ps(request: web.Request) -> web.Response:
@@ -969,7 +973,7 @@ async def unsupported(request: web.Request) -> web.Response:
     )
     message = f"mlx-serve does not support {request.method} {request.path}: {why}"
     # Answered here rather than raised: /api/blobs is not one of errors.OLLAMA_PATHS.
-    return web.json_response({"error": message}, status=501)
+    return web.json_response({"error": message, "code": "not_implemented"}, status=501)
 
 
 def add_routes(app: web.Application) -> None:

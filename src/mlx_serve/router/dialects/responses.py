@@ -54,6 +54,7 @@ from typing import Any
 from aiohttp import web
 
 from mlx_serve.errors import ApiError
+from mlx_serve.grammar import with_article
 from mlx_serve.router.calls import call_model
 from mlx_serve.router.keys import SUPERVISOR
 from mlx_serve.router.openai_routes import Prepared, prepare, read_json_object
@@ -269,7 +270,7 @@ def to_messages(items: list[Json]) -> list[Json]:
 
 def to_message(item: Json) -> Json:
     role = item.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:  # a list or object is unhashable
         raise bad(f"a message's 'role' must be one of {', '.join(ROLES)}, not {role!r}", "input")
     return {"role": ROLES[role], "content": to_content(item.get("content"))}
 
@@ -290,10 +291,10 @@ def to_part(part: object) -> Json:
     if not isinstance(part, dict):
         raise bad("content parts must be objects with a 'type'", "input")
     kind = part.get("type")
-    if kind in TEXT_PARTS or kind == "refusal":
+    if isinstance(kind, str) and (kind in TEXT_PARTS or kind == "refusal"):  # [] is unhashable
         text = part.get("refusal" if kind == "refusal" else "text")
         if not isinstance(text, str):
-            raise bad(f"a {kind} content part needs a 'text' string", "input")
+            raise bad(f"{with_article(str(kind))} content part needs a 'text' string", "input")
         return {"type": "text", "text": text}
     if kind == "input_image":
         url = part.get("image_url")
@@ -562,7 +563,7 @@ class Translation:
             delta = choice.get("delta") or choice.get("message")
             if isinstance(delta, dict):
                 events += self._delta(delta)
-            if choice.get("finish_reason"):
+            if isinstance(choice.get("finish_reason"), str) and choice["finish_reason"]:
                 self._finish = choice["finish_reason"]
         return events
 
@@ -621,7 +622,8 @@ class Translation:
         return [*events, {**delta, "logprobs": []} if kind == "message" else delta]
 
     def _tool_call(self, call: Json, position: int) -> list[Json]:
-        index = call.get("index", position)
+        index = call.get("index")
+        index = index if isinstance(index, int) else position  # a dict key: hashable
         function = call.get("function")
         function = function if isinstance(function, dict) else {}
         events: list[Json] = []
