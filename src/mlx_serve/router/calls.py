@@ -19,7 +19,6 @@ Usage::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -29,20 +28,17 @@ from typing import Any
 from aiohttp import web
 
 from mlx_serve.errors import ApiError
-from mlx_serve.router.keys import SUPERVISOR
-from mlx_serve.router.openai_routes import Prepared, lifecycle_error
+from mlx_serve.router.openai_routes import Prepared, traced_lease
 from mlx_serve.router.proxy import (
-    TRACED,
     Trace,
     Upstream,
     died,
-    load_wait,
     open_upstream,
     read_usage,
     upstream_error,
 )
 from mlx_serve.router.upstream import UpstreamError, UpstreamResponse
-from mlx_serve.supervisor import Lease, QueueFull, ShuttingDown, WorkerStartError
+from mlx_serve.supervisor import Lease
 
 
 class Reply:
@@ -139,37 +135,20 @@ async def call_model(request: web.Request, prepared: Prepared) -> AsyncIterator[
     hold the worker until the block ends. Lifecycle failures and the worker's own errors
     raise :class:`ApiError` before the block runs; the request event is emitted at the end,
     under the path the client called (so each dialect shows up in the metrics)."""
-    supervisor = request.app[SUPERVISOR]
     trace = Trace(
         model=prepared.requested, endpoint=request.path, stream=bool(prepared.body.get("stream"))
     )
-    request[TRACED] = True
-    asked_at = supervisor.clock.now()
-    try:
-        async with supervisor.lease(prepared.name, keep_alive=prepared.keep_alive) as lease:
-            trace.admit(load_s=load_wait(lease, asked_at))
-            upstream = Upstream(prepared.endpoint, prepared.payload(lease.upstream_model))
-            response = await open_upstream(lease, upstream, trace)
-            try:
-                if response.status >= 400:
-                    try:
-                        body = await response.read()
-                    except UpstreamError as exc:
-                        raise died(lease, trace, exc) from exc
-                    raise upstream_error(response.status, body, trace.model)
-                trace.status = response.status
-                yield Reply(response, lease, trace, prepared.requested)
-            finally:
-                response.close()
-    except ApiError as exc:
-        trace.fail(exc)
-        raise
-    except (QueueFull, WorkerStartError, ShuttingDown) as exc:
-        error = lifecycle_error(exc)
-        trace.fail(error)
-        raise error from exc
-    except asyncio.CancelledError:
-        trace.status, trace.error = 499, "client closed the request"
-        raise
-    finally:
-        supervisor.events.emit("request", prepared.name, **trace.summary())
+    async with traced_lease(request, prepared.name, prepared.keep_alive, trace) as lease:
+        upstream = Upstream(prepared.endpoint, prepared.payload(lease.upstream_model))
+        response = await open_upstream(lease, upstream, trace)
+        try:
+            if response.status >= 400:
+                try:
+                    body = await response.read()
+                except UpstreamError as exc:
+                    raise died(lease, trace, exc) from exc
+                raise upstream_error(response.status, body, trace.model)
+            trace.status = response.status
+            yield Reply(response, lease, trace, prepared.requested)
+        finally:
+            response.close()

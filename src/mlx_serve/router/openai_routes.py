@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from mlx_serve.router.validation import (
     check_speech,
     strip_fields,
 )
-from mlx_serve.supervisor import QueueFull, ShuttingDown, Supervisor, WorkerStartError
+from mlx_serve.supervisor import Lease, QueueFull, ShuttingDown, Supervisor, WorkerStartError
 from mlx_serve.supervisor.states import WorkerState
 
 #: Which model types may answer which endpoint.
@@ -266,14 +267,26 @@ async def _serve(
     stream: bool,
 ) -> web.StreamResponse:
     """Lease the model's worker (waiting for a swap if needed) and forward one request."""
-    supervisor = request.app[SUPERVISOR]
     trace = Trace(model=requested, endpoint=upstream.path, stream=stream)
+    async with traced_lease(request, name, keep_alive, trace) as lease:
+        return await forward(request, lease=lease, upstream=upstream, trace=trace)
+
+
+@contextlib.asynccontextmanager
+async def traced_lease(
+    request: web.Request, name: str, keep_alive: float | None, trace: Trace
+) -> AsyncIterator[Lease]:
+    """Hold ``name``'s worker for one traced request, the OpenAI routes' and the dialects'
+    alike: the wait split into load and queue, lifecycle failures as client errors, and one
+    ``request`` event with the outcome when the block ends (so the outcome middleware skips
+    the request)."""
+    supervisor = request.app[SUPERVISOR]
     request[TRACED] = True
     asked_at = supervisor.clock.now()
     try:
         async with supervisor.lease(name, keep_alive=keep_alive) as lease:
             trace.admit(load_s=load_wait(lease, asked_at))
-            return await forward(request, lease=lease, upstream=upstream, trace=trace)
+            yield lease
     except ApiError as exc:
         trace.fail(exc)
         raise
