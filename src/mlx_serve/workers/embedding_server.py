@@ -44,7 +44,7 @@ import numpy as np
 from aiohttp import web
 
 from mlx_serve.errors import ApiError
-from mlx_serve.workers.model_server import MODEL_SERVER, ModelServer, serve_model
+from mlx_serve.workers.model_server import MODEL_SERVER, ModelServer, read_json, serve_model
 
 #: Used when a model states no sequence limit of its own.
 DEFAULT_MAX_LENGTH = 512
@@ -364,10 +364,7 @@ def compute(embedder: Embedder, req: EmbeddingRequest) -> bytes:
 
 async def embeddings(request: web.Request) -> web.Response:
     server: ModelServer[Embedder] = request.app[MODEL_SERVER]
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    body = await read_json(request)
     req = parse_request(body, server.args, default_model=str(server.args.model))
     payload = await server.run(compute, server.model, req)
     return web.Response(body=payload, content_type="application/json")

@@ -72,6 +72,14 @@ class ModelServer(Generic[T]):
 MODEL_SERVER: web.AppKey[ModelServer[Any]] = web.AppKey("model_server", ModelServer)
 
 
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON, or a 400 ``invalid_json`` (every worker endpoint's first step)."""
+    try:
+        return await request.json()
+    except ValueError as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident set size since it exec'd.
 

@@ -72,7 +72,7 @@ from aiohttp import web
 
 from mlx_serve.errors import ApiError
 from mlx_serve.router.validation import check_rerank, rerank_documents
-from mlx_serve.workers.model_server import MODEL_SERVER, ModelServer, serve_model
+from mlx_serve.workers.model_server import MODEL_SERVER, ModelServer, read_json, serve_model
 
 #: The longest pair a reranker reads when neither the model nor its tokenizer says (mlx-vlm's).
 DEFAULT_MAX_LENGTH = 8192
@@ -306,10 +306,7 @@ def compute(reranker: Reranker, req: RerankRequest) -> bytes:
 
 async def rerank(request: web.Request) -> web.Response:
     server: ModelServer[Reranker] = request.app[MODEL_SERVER]
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    body = await read_json(request)
     req = parse_request(body, server.args, default_model=str(server.args.model))
     payload = await server.run(compute, server.model, req)
     return web.Response(body=payload, content_type="application/json")

@@ -51,7 +51,7 @@ from aiohttp import web
 
 from mlx_serve.errors import ApiError
 from mlx_serve.workers import audio_codec
-from mlx_serve.workers.model_server import MODEL_SERVER, ModelServer, serve_model
+from mlx_serve.workers.model_server import MODEL_SERVER, ModelServer, read_json, serve_model
 
 log = logging.getLogger("mlx_serve.tts_server")
 
@@ -323,10 +323,7 @@ def _client_gone(request: web.Request) -> bool:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
     return body
