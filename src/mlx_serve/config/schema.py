@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .distributed import DistributedConfig
 from .durations import Duration, OptionalDuration
 from .sizes import ByteSize, MemoryBudget
 
@@ -324,6 +325,17 @@ class ModelConfig(BaseModel):
     """Extra worker flags, as ``{flag: value}`` or a raw argument list."""
     max_concurrency: PositiveInt | None = None
     """Per-model override of ``server.max_concurrency``."""
+    distributed: DistributedConfig | None = None
+    """Shard this (text) model over several ranks with MLX's distributed runtime."""
+
+    @model_validator(mode="after")
+    def _distributed_is_text(self) -> ModelConfig:
+        if self.distributed is not None and self.type is not ModelType.TEXT:
+            raise ValueError(
+                f"only text models can be distributed (mlx_lm server runs sharded); this one "
+                f"is {self.type.value}"
+            )
+        return self
 
     @field_validator("path", mode="after")
     @classmethod

@@ -98,6 +98,13 @@ def estimate_model(model: ModelConfig, overhead_bytes: int | None = None) -> Est
         config = _read_json(root / "config.json")
         context = _planning_context(model, config)
         kv = kv_cache_bytes(config, context) if config else 0
+    if model.distributed is not None and weights is not None:
+        # Sharded: each rank holds about 1/n of the weights and of the KV cache (tensor
+        # mode splits every layer, pipeline mode the layers); only the ranks on this machine
+        # count against its memory, each with its own interpreter and libraries.
+        local, ranks = model.distributed.local_ranks(), model.distributed.ranks
+        weights, kv = weights * local // ranks, kv * local // ranks
+        overhead *= local
     return Estimate(weights, kv, overhead, context)
 
 

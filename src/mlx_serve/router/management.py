@@ -17,6 +17,7 @@ from aiohttp import web
 
 from mlx_serve import __version__
 from mlx_serve.config import parse_duration
+from mlx_serve.config.distributed import DistributedConfig
 from mlx_serve.errors import ApiError
 from mlx_serve.observability.history import DEFAULT_INTERVAL, DEFAULT_RETENTION, MemoryHistory
 from mlx_serve.observability.memory import (
@@ -97,9 +98,23 @@ def model_status(request: web.Request, name: str) -> dict[str, Any]:
         "inflight": worker.inflight,
         "waiting": supervisor.scheduler.waiting(name),
         "pinned": worker.model.pin,
+        "distributed": _distributed(worker.model.distributed),
         "pull": worker.pull_progress,  # while server.auto_pull downloads its files, else None
         "memory": worker.footprint.to_json(),
         "metrics": request.app[STATS].summary(name),
+    }
+
+
+def _distributed(dist: DistributedConfig | None) -> dict[str, Any] | None:
+    """Where a sharded model's ranks run (None for a one-process model)."""
+    if dist is None:
+        return None
+    return {
+        "hosts": list(dist.hosts),
+        "ranks": dist.ranks,
+        "local_ranks": dist.local_ranks(),
+        "backend": dist.backend.value,
+        "mode": dist.mode.value,
     }
 
 

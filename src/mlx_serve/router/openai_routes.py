@@ -348,6 +348,11 @@ def prepare(
         keep_alive = pop_keep_alive(body)
         worker = supervisor.workers[name]
         body = strip_fields({**worker.model.defaults, **body})  # the client's own values win
+        if worker.model.distributed is not None:
+            # A sharded mlx_lm server hangs for good after a client leaves mid-stream on a
+            # seeded request (its ranks fall out of step while /health still says ok):
+            # dropped, as any sampler setting a model cannot honour (docs/scaling.md).
+            body.pop("seed", None)
         JSON_CHECKS[endpoint](body)
         if endpoint == "/v1/chat/completions":
             check_tool_fields(body)

@@ -18,7 +18,7 @@ import aiohttp
 from mlx_serve.files import append_line
 from mlx_serve.residency.footprint import Footprint
 from mlx_serve.supervisor.states import DOWN, RESIDENT, WorkerState, check_transition
-from mlx_serve.workers.base import LaunchContext, ProbeError, WorkerDriver
+from mlx_serve.workers.base import LaunchContext, LaunchRefused, ProbeError, WorkerDriver
 from mlx_serve.workers.process import (
     SIGKILL,
     Launcher,
@@ -29,6 +29,7 @@ from mlx_serve.workers.process import (
     free_port,
     read_log_tail,
 )
+from mlx_serve.workers.ranks import RANK_LOST_EXIT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -65,6 +66,8 @@ _VERBS = {
     "insufficient_memory": "cannot be loaded",
     "backoff": "is not started again yet",
     "model_files_missing": "cannot be started",
+    "model_not_shardable": "cannot be started",
+    "model_config_invalid": "cannot be started",
 }
 
 
@@ -469,6 +472,8 @@ class ManagedWorker:
             header = f"\n=== mlx-serve: starting {self.name}: {' '.join(spec.argv)}\n"
             append_line(self.log_path, header, what="worker logs")
             proc = await self._launcher.launch(spec)
+        except LaunchRefused as exc:
+            raise WorkerStartError(self.name, str(exc), code=exc.code, http_status=503) from exc
         except OSError as exc:
             raise WorkerStartError(self.name, f"could not spawn the worker: {exc}") from exc
         self.proc = proc
@@ -635,6 +640,8 @@ class ManagedWorker:
 def crash_reason(code: int | None) -> str:
     """Why a loaded worker is gone, from its exit status alone: "the worker was killed by
     SIGKILL" (with what usually sends that), or "the worker exited with code 3"."""
+    if code == RANK_LOST_EXIT:
+        return "a rank of the sharded model exited, so every rank was stopped (see its log)"
     reason = f"the worker {describe_exit(code)}"
     if exit_signal(code) == "SIGKILL":
         # Not mlx-serve (its own kills set a reason): the kernel when memory ran out (the

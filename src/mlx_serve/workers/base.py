@@ -40,6 +40,16 @@ class SpareContext:
     python: str
 
 
+class LaunchRefused(OSError):
+    """The driver refuses to start this model as configured (before any process runs).
+
+    ``code`` names the problem for clients and the event log; the start fails without a
+    crash-loop backoff, since retrying cannot help until models.yaml changes.
+    """
+
+    code = "model_config_invalid"
+
+
 class ProbeError(Exception):
     """The worker answered, and the answer says the model will never be ready."""
 

@@ -14,6 +14,7 @@ import runpy
 import signal
 import sys
 import threading
+from pathlib import Path
 
 
 def _watch_stdin() -> None:
@@ -73,14 +74,26 @@ def _raise_listen_backlog() -> None:
 
 def main() -> None:
     args = sys.argv[1:]
-    while len(args) >= 2 and args[0] == "--without":
-        _keep_transformers_off(args[1])
+    followers: str | None = None
+    while len(args) >= 2 and args[0] in ("--without", "--followers"):
+        if args[0] == "--without":
+            _keep_transformers_off(args[1])
+        else:
+            followers = args[1]
         args = args[2:]
     if not args:
-        sys.exit("usage: python -m mlx_serve.workers.guard [--without MOD]... MODULE [ARGS...]")
+        sys.exit(
+            "usage: python -m mlx_serve.workers.guard [--without MOD]... [--followers FILE] "
+            "MODULE [ARGS...]"
+        )
     module = args[0]
     sys.argv = [module, *args[1:]]
     threading.Thread(target=_watch_stdin, name="supervisor-guard", daemon=True).start()
+    if followers is not None:
+        # Rank 0 of a sharded model: the other ranks first (see workers/ranks.py).
+        from mlx_serve.workers.ranks import start_followers  # noqa: PLC0415
+
+        start_followers(Path(followers))
     _raise_listen_backlog()
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

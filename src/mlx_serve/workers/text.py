@@ -19,6 +19,7 @@ from mlx_serve.workers.base import (
     guarded_argv,
     spare_argv,
 )
+from mlx_serve.workers.distributed import distributed_launch_spec
 from mlx_serve.workers.process import LaunchSpec
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ class TextDriver(ModelByRequestSpare):
 
     def launch_spec(self, ctx: LaunchContext) -> LaunchSpec:
         model = ctx.model
+        if model.distributed is not None:
+            return distributed_launch_spec(ctx, model.distributed)
         argv = guarded_argv(ctx, "mlx_lm", "server", without=("torch",))
         if model.max_kv_cache_size is not None:
             # The number of distinct prompt KV caches mlx_lm keeps for prompt caching.
@@ -49,7 +52,7 @@ class TextDriver(ModelByRequestSpare):
         return LaunchSpec(argv=argv, log_path=ctx.log_path)
 
     def can_adopt(self, model: ModelConfig) -> bool:
-        return not model.args and model.max_kv_cache_size is None
+        return not model.args and model.max_kv_cache_size is None and model.distributed is None
 
     async def probe(
         self, session: aiohttp.ClientSession, base_url: str, model: ModelConfig, timeout: float
