@@ -37,7 +37,7 @@ from typing import Any
 import psutil
 
 from mlx_serve.tiny_models import build_text_model
-from mlx_serve.workers.process import free_port
+from mlx_serve.workers.process import end_group_sync, free_port
 
 MAX_TOKENS = 128
 PROMPT = "Tell me a long story about a lighthouse keeper and her cat."
@@ -58,14 +58,7 @@ def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subp
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the group, then SIGKILL it after 5 s; reap."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    end_group_sync(proc, grace=5.0)
 
 
 def stream(port: int, model: str) -> dict[str, float]:

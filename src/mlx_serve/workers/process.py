@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,27 @@ async def end_group(proc: WorkerProcess, grace: float) -> bool:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(10):
             await proc.wait()
+    return ignored
+
+
+def end_group_sync(proc: subprocess.Popen[Any], grace: float, *, term: bool = True) -> bool:
+    """:func:`end_group` for a :class:`subprocess.Popen` that leads its own process group
+    (``start_new_session=True``), for code without an event loop (benchmarks, tests, the
+    hub's download child): SIGTERM the group (unless ``term`` is False), wait up to
+    ``grace``, SIGKILL the group (always: whatever the leader forked must go too) and reap.
+    True if the grace ran out."""
+    ignored = False
+    if term and proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            ignored = True
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
     return ignored
 
 
