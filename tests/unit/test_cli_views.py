@@ -97,6 +97,7 @@ def _model(name: str, **fields: Any) -> dict[str, Any]:
         "inflight": 0,
         "waiting": 0,
         "pinned": False,
+        "distributed": None,
         "pull": None,
         "memory": _memory(),
         "metrics": _metrics(),

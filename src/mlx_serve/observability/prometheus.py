@@ -23,7 +23,6 @@ from mlx_serve.errors import outcome_code
 from mlx_serve.observability.memory import system_memory, tree_rss_bytes
 from mlx_serve.observability.request_stats import UNKNOWN
 from mlx_serve.supervisor.events import Event
-from mlx_serve.supervisor.states import RESIDENT
 
 if TYPE_CHECKING:
     from mlx_serve.supervisor import Supervisor
@@ -166,12 +165,12 @@ class _Gauges(Collector):
             "Resident memory of a worker's process tree.",
             labels=["model"],
         )
-        for name, worker in sup.workers.items():
-            inflight.add_metric([name], worker.inflight)
-            if worker.state in RESIDENT:
-                value = tree_rss_bytes(worker.pid)
+        for view in sup.views():
+            inflight.add_metric([view.name], view.inflight)
+            if view.resident:
+                value = tree_rss_bytes(view.pid)
                 if value is not None:
-                    rss.add_metric([name], value)
+                    rss.add_metric([view.name], value)
         yield inflight
         yield rss
         yield from _memory_gauges(sup)
@@ -213,11 +212,11 @@ def _memory_gauges(sup: Supervisor) -> Iterator[GaugeMetricFamily]:
             labels=["model"],
         ),
     }
-    for name, worker in sup.workers.items():
-        footprint = worker.footprint
+    for view in sup.views():
+        footprint = view.footprint
         if footprint.estimate is not None:
-            families["estimate"].add_metric([name], footprint.estimate.total_bytes)
+            families["estimate"].add_metric([view.name], footprint.estimate.total_bytes)
         if footprint.measured_bytes is not None:
-            families["measured"].add_metric([name], footprint.measured_bytes)
-        families["planned"].add_metric([name], footprint.planned_bytes)
+            families["measured"].add_metric([view.name], footprint.measured_bytes)
+        families["planned"].add_metric([view.name], footprint.planned_bytes)
     yield from families.values()

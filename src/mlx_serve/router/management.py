@@ -34,9 +34,14 @@ from mlx_serve.router.openai_routes import (
     read_json_object,
     resolve_or_404,
 )
-from mlx_serve.supervisor import QueueFull, ShuttingDown, Supervisor, WorkerStartError
+from mlx_serve.supervisor import (
+    QueueFull,
+    ShuttingDown,
+    Supervisor,
+    WorkerStartError,
+    WorkerView,
+)
 from mlx_serve.supervisor.reload import reload_from_file
-from mlx_serve.supervisor.states import RESIDENT, WorkerState
 
 #: Seconds between SSE keep-alive comments on the event stream.
 PING_INTERVAL = 15.0
@@ -47,16 +52,6 @@ HISTORY_INTERVAL = DEFAULT_INTERVAL
 HISTORY_RETENTION = DEFAULT_RETENTION
 HISTORY = web.AppKey("memory_history", MemoryHistory)
 
-_STATUS = {
-    WorkerState.STOPPED: "unloaded",
-    WorkerState.STARTING: "loading",
-    WorkerState.READY: "loaded",
-    WorkerState.DRAINING: "draining",
-    WorkerState.STOPPING: "unloading",
-    WorkerState.FAILED: "failed",
-}
-
-
 def _configured(request: web.Request) -> str:
     """The configured model the URL names; 400 for names that look like paths, else 404."""
     supervisor = request.app[SUPERVISOR]
@@ -66,42 +61,32 @@ def _configured(request: web.Request) -> str:
     return resolve_or_404(supervisor, raw)
 
 
-def model_status(request: web.Request, name: str) -> dict[str, Any]:
+def model_status(request: web.Request, view: WorkerView) -> dict[str, Any]:
     """Everything the API and dashboard show about one configured model."""
-    supervisor = request.app[SUPERVISOR]
-    worker = supervisor.workers[name]
-    now_mono, now_wall = supervisor.clock.now(), supervisor.clock.wall()
-    resident = worker.state in RESIDENT
-    timeout = worker.idle_timeout()
-    expires_in: float | None = None
-    if worker.state is WorkerState.READY and timeout >= 0 and worker.inflight == 0:
-        expires_in = max(0.0, worker.last_used + timeout - now_mono)
-    last_used = None
-    if worker.requests_total:
-        last_used = round(now_wall - (now_mono - worker.last_used), 3)
+    expires_in = view.unloads_in_s
     return {
-        "name": name,
-        "type": worker.model.type.value,
-        "path": worker.model.path,
-        "aliases": list(worker.model.aliases),
-        "status": _STATUS[worker.state],
-        "error": worker.last_error if worker.state is WorkerState.FAILED else None,
-        "pid": worker.pid,
-        "port": worker.port if resident else None,
-        "rss_bytes": tree_rss_bytes(worker.pid) if resident else None,
-        "loaded_at": worker.loaded_at,
-        "last_used": last_used,
-        "idle_timeout_s": timeout,
+        "name": view.name,
+        "type": view.model.type.value,
+        "path": view.model.path,
+        "aliases": list(view.model.aliases),
+        "status": view.status,
+        "error": view.error,
+        "pid": view.pid,
+        "port": view.port,
+        "rss_bytes": tree_rss_bytes(view.pid) if view.resident else None,
+        "loaded_at": view.loaded_at,
+        "last_used": None if view.last_used_at is None else round(view.last_used_at, 3),
+        "idle_timeout_s": view.idle_timeout_s,
         "expires_in_s": None if expires_in is None else round(expires_in, 1),
-        "keep_alive_s": worker.keep_alive,
-        "requests": worker.requests_total,
-        "inflight": worker.inflight,
-        "waiting": supervisor.scheduler.waiting(name),
-        "pinned": worker.model.pin,
-        "distributed": _distributed(worker.model.distributed),
-        "pull": worker.pull_progress,  # while server.auto_pull downloads its files, else None
-        "memory": worker.footprint.to_json(),
-        "metrics": request.app[STATS].summary(name),
+        "keep_alive_s": view.keep_alive_s,
+        "requests": view.requests,
+        "inflight": view.inflight,
+        "waiting": view.waiting,
+        "pinned": view.model.pin,
+        "distributed": _distributed(view.model.distributed),
+        "pull": view.pull,  # while server.auto_pull downloads its files, else None
+        "memory": view.footprint.to_json(),
+        "metrics": request.app[STATS].summary(view.name),
     }
 
 
@@ -119,8 +104,8 @@ def _distributed(dist: DistributedConfig | None) -> dict[str, Any] | None:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    names = list(request.app[SUPERVISOR].workers)
-    return web.json_response({"models": [model_status(request, n) for n in names]})
+    views = request.app[SUPERVISOR].views()
+    return web.json_response({"models": [model_status(request, v) for v in views]})
 
 
 async def show_model(request: web.Request) -> web.Response:
@@ -130,7 +115,8 @@ async def show_model(request: web.Request) -> web.Response:
     worker = request.app[SUPERVISOR].workers[name]
     details = await asyncio.to_thread(hub.show, worker.model.path)
     config = worker.model.model_dump(mode="json")
-    return web.json_response({**model_status(request, name), "config": config, "details": details})
+    status = model_status(request, request.app[SUPERVISOR].view(name))
+    return web.json_response({**status, "config": config, "details": details})
 
 
 async def load_model(request: web.Request) -> web.StreamResponse:
@@ -162,9 +148,7 @@ async def load_model(request: web.Request) -> web.StreamResponse:
                 if getter in done:
                     event = getter.result()
                     if event.model == name and event.kind == "worker.state":
-                        await _ndjson(
-                            resp, {"status": _STATUS[WorkerState(event.data["new"])], "name": name}
-                        )
+                        await _ndjson(resp, {"status": event.data["status"], "name": name})
                 else:
                     getter.cancel()
             task.result()
@@ -379,7 +363,7 @@ async def stats(request: web.Request) -> web.Response:
     window = history_window(raw_history) if raw_history is not None else None
     supervisor = request.app[SUPERVISOR]
     mem = system_memory()
-    models = [model_status(request, n) for n in supervisor.workers]
+    models = [model_status(request, v) for v in supervisor.views()]
     source = supervisor.config.source
     body: dict[str, Any] = {
         "version": __version__,
@@ -412,7 +396,7 @@ async def _memory_history(app: web.Application) -> AsyncIterator[None]:
     supervisor = app[SUPERVISOR]
 
     def resident() -> dict[str, int | None]:
-        return {n: w.pid for n, w in supervisor.workers.items() if w.state in RESIDENT}
+        return {v.name: v.pid for v in supervisor.views() if v.resident}
 
     task = asyncio.create_task(watch_history(app[HISTORY], resident, supervisor.clock.wall))
     try:

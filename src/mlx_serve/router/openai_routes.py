@@ -30,8 +30,14 @@ from mlx_serve.router.validation import (
     check_speech,
     strip_fields,
 )
-from mlx_serve.supervisor import Lease, QueueFull, ShuttingDown, Supervisor, WorkerStartError
-from mlx_serve.supervisor.states import WorkerState
+from mlx_serve.supervisor import (
+    Lease,
+    QueueFull,
+    ShuttingDown,
+    Supervisor,
+    WorkerStartError,
+    WorkerView,
+)
 
 #: Which model types may answer which endpoint.
 ENDPOINT_TYPES: dict[str, frozenset[ModelType]] = {
@@ -426,44 +432,33 @@ def _route(
     return handler
 
 
-def _status(state: WorkerState) -> str:
-    return {
-        WorkerState.READY: "loaded",
-        WorkerState.DRAINING: "loaded",
-        WorkerState.STARTING: "loading",
-        WorkerState.STOPPING: "unloading",
-        WorkerState.FAILED: "failed",
-    }.get(state, "unloaded")
-
-
-def model_entry(supervisor: Supervisor, name: str) -> dict[str, Any]:
-    worker = supervisor.workers[name]
-    footprint = worker.footprint
+def model_entry(supervisor: Supervisor, view: WorkerView) -> dict[str, Any]:
+    footprint = view.footprint
     entry: dict[str, Any] = {
-        "id": name,
+        "id": view.name,
         "object": "model",
         "created": int(supervisor.started_at),
         "owned_by": "mlx-serve",
-        "type": worker.model.type.value,
-        "status": _status(worker.state),
-        "aliases": list(worker.model.aliases),
-        "pinned": worker.model.pin,
+        "type": view.model.type.value,
+        "status": view.status,
+        "aliases": list(view.model.aliases),
+        "pinned": view.model.pin,
         "memory": {
             "estimate_bytes": footprint.estimate.total_bytes if footprint.estimate else None,
             "measured_bytes": footprint.measured_bytes,
             "planned_bytes": footprint.planned_bytes,
         },
     }
-    if worker.state is WorkerState.FAILED and worker.last_error:
-        entry["error"] = worker.last_error
-    if worker.pull_progress is not None:  # server.auto_pull is downloading it
-        entry["pull"] = worker.pull_progress
+    if view.error:
+        entry["error"] = view.error
+    if view.pull is not None:  # server.auto_pull is downloading it
+        entry["pull"] = view.pull
     return entry
 
 
 async def list_models(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
-    data = [model_entry(supervisor, name) for name in supervisor.workers]
+    data = [model_entry(supervisor, view) for view in supervisor.views()]
     # Spare processes hold no model: never entries of "data", but visible next to it.
     return web.json_response(
         {"object": "list", "data": data, "spares": supervisor.spares.to_json()}
@@ -473,7 +468,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
     name = resolve_or_404(supervisor, request.match_info["model"])
-    return web.json_response(model_entry(supervisor, name))
+    return web.json_response(model_entry(supervisor, supervisor.view(name)))
 
 
 async def health(request: web.Request) -> web.Response:

@@ -25,7 +25,6 @@ from aiohttp import web
 from mlx_serve.errors import ApiError, outcome_code
 from mlx_serve.router import upstream as worker_http
 from mlx_serve.router.upstream import UpstreamError, UpstreamResponse
-from mlx_serve.supervisor.states import WorkerState
 
 if TYPE_CHECKING:
     from mlx_serve.supervisor import Lease
@@ -132,7 +131,7 @@ def load_wait(lease: Lease, asked_at: float) -> float:
     """How much of a request's wait for ``lease`` (since ``asked_at``, on the supervisor's
     clock) went to its model becoming ready: a cold start, a swap, a restart after a crash.
     Zero when the worker was ready already when the request asked for it."""
-    return max(0.0, lease.worker.ready_since - asked_at)
+    return max(0.0, lease.ready_since - asked_at)
 
 
 class _ModelRenamer:
@@ -146,10 +145,6 @@ class _ModelRenamer:
         return data.replace(self._old, self._new) if self._old != self._new else data
 
 
-def _worker_alive(lease: Lease) -> bool:
-    return lease.worker.state in (WorkerState.READY, WorkerState.DRAINING)
-
-
 async def open_upstream(lease: Lease, upstream: Upstream, trace: Trace) -> UpstreamResponse:
     last: Exception | None = None
     where = urlsplit(lease.base_url)
@@ -158,7 +153,7 @@ async def open_upstream(lease: Lease, upstream: Upstream, trace: Trace) -> Upstr
         if attempt:
             trace.retries += 1
             await asyncio.sleep(RETRY_BACKOFF * 2 ** (attempt - 1))
-        if not _worker_alive(lease):
+        if not lease.alive:
             break
         try:
             return await worker_http.post(
@@ -173,7 +168,7 @@ async def open_upstream(lease: Lease, upstream: Upstream, trace: Trace) -> Upstr
                 ) from exc
             # No response byte came back: the request never started on the worker.
             last = exc
-    reason = lease.worker.last_error or (str(last) if last else "connection failed")
+    reason = lease.why_gone or (str(last) if last else "connection failed")
     raise ApiError(
         502,
         f"model {trace.model!r}: the worker could not be reached ({reason})",
@@ -427,6 +422,4 @@ def read_usage(data: bytes, trace: Trace) -> None:
 
 
 def _why(lease: Lease, exc: BaseException) -> str:
-    if lease.worker.last_error:
-        return lease.worker.last_error
-    return str(exc) or type(exc).__name__
+    return lease.why_gone or str(exc) or type(exc).__name__

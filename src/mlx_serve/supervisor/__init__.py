@@ -4,6 +4,7 @@ No HTTP parsing happens here; the router asks for a lease on a ready worker and 
 """
 
 from mlx_serve.supervisor.scheduler import QueueFull, ShuttingDown
+from mlx_serve.supervisor.snapshot import WorkerView
 from mlx_serve.supervisor.states import WorkerState
 from mlx_serve.supervisor.supervisor import Lease, Supervisor
 from mlx_serve.supervisor.worker import ManagedWorker, WorkerStartError
@@ -16,4 +17,5 @@ __all__ = [
     "Supervisor",
     "WorkerStartError",
     "WorkerState",
+    "WorkerView",
 ]

@@ -29,7 +29,18 @@ TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     # DRAINING -> READY: whatever the drain was for went away (its waiters left).
     WorkerState.DRAINING: frozenset({WorkerState.READY, WorkerState.STOPPING, WorkerState.FAILED}),
     WorkerState.STOPPING: frozenset({WorkerState.STOPPED, WorkerState.FAILED}),
-    WorkerState.FAILED: frozenset({WorkerState.STARTING, WorkerState.STOPPED}),
+    WorkerState.FAILED: frozenset({WorkerState.STARTING}),
+}
+
+#: The one public name of each state: in /v1/models, /api/models, events, the CLI and the
+#: dashboard. (A draining model still answers what it admitted, but takes nothing new.)
+STATUS: dict[WorkerState, str] = {
+    WorkerState.STOPPED: "unloaded",
+    WorkerState.STARTING: "loading",
+    WorkerState.READY: "loaded",
+    WorkerState.DRAINING: "draining",
+    WorkerState.STOPPING: "unloading",
+    WorkerState.FAILED: "failed",
 }
 
 #: States in which a process may exist and so count against ``max_loaded_models``.

@@ -24,6 +24,7 @@ from mlx_serve.supervisor.footprints import measure as measure_footprint
 from mlx_serve.supervisor.policy import Limits
 from mlx_serve.supervisor.pulls import AutoPuller, PullFn
 from mlx_serve.supervisor.scheduler import Scheduler
+from mlx_serve.supervisor.snapshot import WorkerView, view_of
 from mlx_serve.supervisor.spares import SparePool
 from mlx_serve.supervisor.states import RESIDENT, WorkerState
 from mlx_serve.supervisor.worker import ManagedWorker, ModelFilesMissing, WorkerStartError
@@ -40,18 +41,37 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Lease:
-    """A request's hold on a ready worker, from admission until the response is finished."""
+    """A request's hold on a ready worker, from admission until the response is finished.
 
-    worker: ManagedWorker
+    What the proxy needs to know about the worker, and nothing it could change: where to
+    send, which model id to send, whether the worker is still there, and why not.
+    """
+
+    _worker: ManagedWorker
     queued_s: float  # time spent waiting for admission, including any swap
 
     @property
     def base_url(self) -> str:
-        return self.worker.base_url
+        return self._worker.base_url
 
     @property
     def upstream_model(self) -> str:
-        return self.worker.upstream_model
+        return self._worker.upstream_model
+
+    @property
+    def alive(self) -> bool:
+        """The worker still answers (ready, or draining what it admitted)."""
+        return self._worker.state in (WorkerState.READY, WorkerState.DRAINING)
+
+    @property
+    def why_gone(self) -> str | None:
+        """Why the worker failed (its crash or start error), if it did."""
+        return self._worker.last_error
+
+    @property
+    def ready_since(self) -> float:
+        """When (supervisor clock) the current process became ready."""
+        return self._worker.ready_since
 
 
 def limits_for(server: ServerConfig, budget: Budget | None, reserved_bytes: int = 0) -> Limits:
@@ -479,6 +499,14 @@ class Supervisor:
 
     def loaded(self) -> list[str]:
         return [n for n, w in self.workers.items() if w.state in RESIDENT]
+
+    def view(self, name: str) -> WorkerView:
+        """A frozen picture of worker ``name`` (KeyError if it is not configured)."""
+        return view_of(self.workers[name], self.clock, self.scheduler.waiting(name))
+
+    def views(self) -> list[WorkerView]:
+        """Every configured worker, in config order."""
+        return [self.view(name) for name in self.workers]
 
     def memory_report(self) -> dict[str, object]:
         """The budget and what the resident models take of it (bytes), for status views."""

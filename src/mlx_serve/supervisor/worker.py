@@ -17,7 +17,7 @@ import aiohttp
 
 from mlx_serve.files import append_line
 from mlx_serve.residency.footprint import Footprint
-from mlx_serve.supervisor.states import DOWN, RESIDENT, WorkerState, check_transition
+from mlx_serve.supervisor.states import DOWN, RESIDENT, STATUS, WorkerState, check_transition
 from mlx_serve.workers.base import LaunchContext, LaunchRefused, ProbeError, WorkerDriver
 from mlx_serve.workers.process import (
     SIGKILL,
@@ -331,7 +331,10 @@ class ManagedWorker:
         old = self.state
         check_transition(self.name, old, new)
         self.state = new
-        self._events.emit("worker.state", self.name, old=old.value, new=new.value, **data)
+        self._events.emit(
+            "worker.state", self.name, old=old.value, new=new.value,
+            old_status=STATUS[old], status=STATUS[new], **data,
+        )  # fmt: skip
         self._on_change()
 
     def drain(self) -> None:

@@ -59,8 +59,13 @@ from mlx_serve.router.openai_routes import (
     read_json_object,
     resolve_or_404,
 )
-from mlx_serve.supervisor import QueueFull, ShuttingDown, Supervisor, WorkerStartError
-from mlx_serve.supervisor.states import WorkerState
+from mlx_serve.supervisor import (
+    QueueFull,
+    ShuttingDown,
+    Supervisor,
+    WorkerStartError,
+    WorkerView,
+)
 
 #: The model types each Ollama endpoint serves.
 _ENDPOINT_TYPES: dict[str, frozenset[ModelType]] = {
@@ -841,14 +846,10 @@ async def tags(request: web.Request) -> web.Response:
     return web.json_response({"models": models})
 
 
-def _expires_at(supervisor: Supervisor, name: str) -> str:
-    worker = supervisor.workers[name]
-    timeout = worker.idle_timeout()
-    if timeout < 0:
+def _expires_at(supervisor: Supervisor, view: WorkerView) -> str:
+    if view.idle_expires_in_s is None:
         return timestamp(_NEVER.timestamp())
-    now_mono, now_wall = supervisor.clock.now(), supervisor.clock.wall()
-    idle_since = worker.last_used if worker.inflight == 0 else now_mono
-    expires = now_wall + max(0.0, idle_since + timeout - now_mono)
+    expires = supervisor.clock.wall() + view.idle_expires_in_s
     # keep_alive may be any finite number of seconds (1e308): past what a date can hold.
     return timestamp(min(expires, _NEVER.timestamp()))
 
@@ -861,8 +862,8 @@ async def ps(request: web.Request) -> web.Response:
     facts = await asyncio.to_thread(lambda: [read_facts(p) for p in paths])
     models = []
     for name, path, fact in zip(names, paths, facts, strict=True):
-        worker = supervisor.workers[name]
-        footprint = worker.footprint
+        view = supervisor.view(name)
+        footprint = view.footprint
         size = footprint.measured_bytes or footprint.planned_bytes or _size(fact)
         entry: dict[str, Any] = {
             "name": name,
@@ -871,12 +872,12 @@ async def ps(request: web.Request) -> web.Response:
             "size_vram": size,
             "digest": _digest(path, fact),
             "details": details(fact),
-            "expires_at": _expires_at(supervisor, name),
+            "expires_at": _expires_at(supervisor, view),
         }
-        context = worker.model.context_length or fact.config.get("max_position_embeddings")
+        context = view.model.context_length or fact.config.get("max_position_embeddings")
         if isinstance(context, int):
             entry["context_length"] = context
-        if worker.state is WorkerState.STARTING:
+        if view.status == "loading":
             entry["status"] = "loading"
         models.append(entry)
     return web.json_response({"models": models})
