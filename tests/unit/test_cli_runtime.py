@@ -24,9 +24,9 @@ import typer
 from typer.testing import CliRunner
 
 from mlx_serve import __version__
-from mlx_serve.cli.client import load_settings
 from mlx_serve.cli.exit_codes import TABLE, ExitCode, table_text
 from mlx_serve.cli.main import app
+from mlx_serve.cli.settings import load_settings
 from mlx_serve.grammar import article, with_article
 from mlx_serve.runtime_file import (
     RUNTIME_FILE,

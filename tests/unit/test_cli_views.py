@@ -19,8 +19,9 @@ from rich.console import Console, RenderableType
 from rich.text import Text
 
 from mlx_serve.cli import views
-from mlx_serve.cli.client import _api_error, load_settings, parse_since, url_for
-from mlx_serve.cli.commands import worker_log_path
+from mlx_serve.cli.client import _api_error
+from mlx_serve.cli.logs_cmd import parse_since, worker_log_path
+from mlx_serve.cli.settings import load_settings, url_for
 
 NOW = 1_700_000_000.0
 LONG_NAME = "Meta-Llama-3.1-8B-Instruct-4bit-with-an-even-longer-suffix"
@@ -814,6 +815,12 @@ def event(kind: str, model: str | None = "qwen", **data: Any) -> dict[str, Any]:
         (
             event("worker.state", old="stopped", new="starting"),
             "22:13:20 worker.state   qwen stopped → starting",
+        ),
+        (
+            event(
+                "worker.state", old="ready", new="draining", old_status="loaded", status="draining"
+            ),
+            "22:13:20 worker.state   qwen loaded → draining",
         ),
         (
             event("model.loaded", duration_s=1.234, pid=55, type="text", log_tail="x\ny"),

@@ -29,6 +29,7 @@ from mlx_serve.cli.service_cmd import (
     service_environment,
     status_exit_code,
 )
+from mlx_serve.files import atomic_write
 from mlx_serve.service import (
     CommandResult,
     Expect,
@@ -36,7 +37,6 @@ from mlx_serve.service import (
     ServiceContext,
     ServiceError,
     ServiceSpec,
-    atomic_write,
     build_spec,
     detect_platform,
     install_plan,
@@ -44,16 +44,14 @@ from mlx_serve.service import (
     parse_systemctl_show,
     removal_plan,
 )
-from mlx_serve.service.common import (
+from mlx_serve.service.launchd import launchd_status
+from mlx_serve.service.plan import Command, SubprocessRunner, run_steps
+from mlx_serve.service.spec import (
     PASSTHROUGH_ENV,
     SECRET_ENV,
     SERVER_DRAIN_TIMEOUT,
-    Command,
-    SubprocessRunner,
-    run_steps,
     stop_timeout_for,
 )
-from mlx_serve.service.launchd import launchd_status
 from mlx_serve.service.systemd import (
     escape_path,
     quote_environment,

@@ -39,7 +39,7 @@ from mlx_serve.service import (
     removal_plan,
     service_file,
 )
-from mlx_serve.service.common import (
+from mlx_serve.service.spec import (
     PASSTHROUGH_ENV,
     SECRET_ENV,
     ServiceSpec,
@@ -282,7 +282,7 @@ def build_app(
         except ServiceError as exc:
             raise fail(str(exc)) from exc
         if new_config:
-            from mlx_serve.cli.commands import write_example_config
+            from mlx_serve.cli.init_cmd import write_example_config
 
             try:
                 write_example_config(config_path)

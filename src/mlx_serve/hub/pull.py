@@ -24,12 +24,13 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
+
+from mlx_serve.workers.process import end_group
 
 from .cache import hub_cache_dir
 from .errors import (
@@ -211,19 +212,13 @@ async def _drain(stream: asyncio.StreamReader, tail: deque[str]) -> None:
 
 
 async def _reap(proc: asyncio.subprocess.Process, drain: asyncio.Task[None]) -> None:
-    """Kill the child's whole group if it is still running, reap it, release its pipes.
+    """Kill the child's whole group (still running or not), reap it, release its pipes.
 
     Reaping survives one more cancellation (a server shutting down cancels its tasks, and an
-    abandoned generator is closed by a task that shutdown cancels too): the child is already
-    SIGKILLed and exits within milliseconds, so waiting for it, bounded, costs nothing and
-    leaves no zombie or open pipe to a closing event loop.
+    abandoned generator is closed by a task that shutdown cancels too): the child is
+    SIGKILLed at once and exits within milliseconds, so waiting for it, bounded, costs
+    nothing and leaves no zombie or open pipe to a closing event loop.
     """
-    if proc.returncode is None:
-        # The child leads its own session, so its pgid is its pid: SIGKILL reaches anything
-        # it started too. SIGKILL, not SIGTERM: nothing it could clean up is worth waiting
-        # for, since partial files are meant to stay for the next pull.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
     job = asyncio.ensure_future(_finish(proc, drain))
     try:
         await asyncio.shield(job)
@@ -238,13 +233,16 @@ async def _reap(proc: asyncio.subprocess.Process, drain: asyncio.Task[None]) -> 
 
 
 async def _finish(proc: asyncio.subprocess.Process, drain: asyncio.Task[None]) -> None:
-    """Wait for the exit and for EOF on every pipe, so asyncio closes the transport now.
+    """End the child's group and wait for the exit and for EOF on every pipe, so asyncio
+    closes the transport now.
 
-    asyncio closes a subprocess transport only once the exit and every pipe's EOF have been
-    processed; returning earlier leaves that to a later loop iteration that a shutting-down
-    loop may never run ("unclosed transport" warnings).
+    SIGKILL, not SIGTERM (``term=False``): nothing the child could clean up is worth waiting
+    for, since partial files are meant to stay for the next pull; the whole group, so
+    anything it started goes too. asyncio closes a subprocess transport only once the exit
+    and every pipe's EOF have been processed; returning earlier leaves that to a later loop
+    iteration that a shutting-down loop may never run ("unclosed transport" warnings).
     """
-    await proc.wait()
+    await end_group(proc, 0, term=False)
     if proc.stdin is not None:
         proc.stdin.close()
     if proc.stdout is not None:

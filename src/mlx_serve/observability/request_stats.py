@@ -16,21 +16,13 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlx_serve.stats import percentile
 from mlx_serve.supervisor.events import Event
 
 #: Requests kept per model for percentiles: enough for stable p99, bounded in memory.
 WINDOW = 1000
 #: The name requests that named no configured model are counted under (as in ``/metrics``).
 UNKNOWN = "unknown"
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (``q`` in 0..100) of ``values``; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
 
 
 def _window() -> deque[float]:

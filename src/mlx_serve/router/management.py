@@ -19,6 +19,7 @@ from mlx_serve import __version__
 from mlx_serve.config import parse_duration
 from mlx_serve.config.distributed import DistributedConfig
 from mlx_serve.errors import ApiError
+from mlx_serve.event_filter import event_matches
 from mlx_serve.observability.history import DEFAULT_INTERVAL, DEFAULT_RETENTION, MemoryHistory
 from mlx_serve.observability.memory import (
     own_rss_bytes,
@@ -34,6 +35,7 @@ from mlx_serve.router.openai_routes import (
     read_json_object,
     resolve_or_404,
 )
+from mlx_serve.router.query import query_flag
 from mlx_serve.supervisor import (
     QueueFull,
     ShuttingDown,
@@ -51,6 +53,7 @@ PING_INTERVAL = 15.0
 HISTORY_INTERVAL = DEFAULT_INTERVAL
 HISTORY_RETENTION = DEFAULT_RETENTION
 HISTORY = web.AppKey("memory_history", MemoryHistory)
+
 
 def _configured(request: web.Request) -> str:
     """The configured model the URL names; 400 for names that look like paths, else 404."""
@@ -126,7 +129,7 @@ async def load_model(request: web.Request) -> web.StreamResponse:
     supervisor = request.app[SUPERVISOR]
     body = await read_json_object(request) if request.can_read_body else {}
     keep_alive = pop_keep_alive(body)
-    if request.query.get("stream", "").lower() not in ("1", "true", "yes"):
+    if not query_flag(request, "stream"):
         started = time.perf_counter()
         await _load(supervisor, name, keep_alive)
         return web.json_response(
@@ -171,9 +174,7 @@ async def _load(supervisor: Supervisor, name: str, keep_alive: float | None) -> 
 async def unload_model(request: web.Request) -> web.Response:
     name = _configured(request)
     body = await read_json_object(request) if request.can_read_body else {}
-    force = (
-        request.query.get("force", "").lower() in ("1", "true", "yes") or body.get("force") is True
-    )
+    force = query_flag(request, "force") or body.get("force") is True
     started = time.perf_counter()
     await request.app[SUPERVISOR].unload(name, force=force)
     took = round(time.perf_counter() - started, 3)
@@ -186,7 +187,7 @@ async def delete_files(request: web.Request) -> web.Response:
     """Delete a model's files: from the Hugging Face cache, or a local dir with ``?local=true``.
     Refused while the model is loaded."""
     name = _configured(request)
-    local_ok = request.query.get("local", "").lower() in ("1", "true", "yes")
+    local_ok = query_flag(request, "local")
     return web.json_response(await delete_model_files(request.app[SUPERVISOR], name, local_ok))
 
 
@@ -309,7 +310,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "'since' must be a unix time and 'limit' an integer") from exc
     recent = supervisor.events.recent(model=model, kind=kind, since=since)
     recent = recent[len(recent) - max(limit, 0) :] if limit < len(recent) else recent
-    if q.get("follow", "").lower() not in ("1", "true", "yes"):
+    if not query_flag(request, "follow"):
         return web.json_response({"events": [e.to_json() for e in recent]})
     resp = web.StreamResponse(
         headers={
@@ -330,9 +331,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 await resp.write(b": ping\n\n")
                 continue
-            if (model is None or event.model == model) and (
-                kind is None or event.kind == kind or event.kind.startswith(kind + ".")
-            ):
+            if event_matches(event.kind, event.model, event.ts, want_model=model, want_kind=kind):
                 await resp.write(_sse(event.to_json()))
 
 

@@ -17,23 +17,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from .common import (
-    Command,
-    CommandResult,
-    Expect,
-    RemovalPlan,
-    Runner,
-    ServiceError,
-    ServicePlan,
-    ServiceSpec,
-    ServiceStatus,
-    SubprocessRunner,
-    apply_install,
-    apply_removal,
-    atomic_write,
-    build_spec,
-    run_steps,
-)
 from .launchd import (
     DEFAULT_LABEL,
     launchd_plan,
@@ -42,6 +25,20 @@ from .launchd import (
     parse_launchctl_print,
     plist_path,
 )
+from .plan import (
+    Command,
+    CommandResult,
+    Expect,
+    RemovalPlan,
+    Runner,
+    ServicePlan,
+    SubprocessRunner,
+    apply_install,
+    apply_removal,
+    run_steps,
+)
+from .spec import ServiceError, ServiceSpec, build_spec
+from .status import ServiceStatus
 from .systemd import (
     DEFAULT_UNIT,
     parse_systemctl_show,
@@ -68,7 +65,6 @@ __all__ = [
     "SubprocessRunner",
     "apply_install",
     "apply_removal",
-    "atomic_write",
     "build_spec",
     "default_label",
     "detect_platform",

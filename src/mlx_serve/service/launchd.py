@@ -21,15 +21,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .common import (
-    Command,
-    Expect,
-    RemovalPlan,
-    Runner,
-    ServicePlan,
-    ServiceSpec,
-    ServiceStatus,
-)
+from .plan import Command, Expect, RemovalPlan, Runner, ServicePlan
+from .spec import ServiceSpec
+from .status import ServiceStatus
 
 __all__ = [
     "DEFAULT_LABEL",

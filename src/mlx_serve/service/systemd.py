@@ -20,17 +20,9 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
-from .common import (
-    Command,
-    Expect,
-    RemovalPlan,
-    Runner,
-    ServiceError,
-    ServicePlan,
-    ServiceSpec,
-    ServiceStatus,
-    check_no_control_chars,
-)
+from .plan import Command, Expect, RemovalPlan, Runner, ServicePlan
+from .spec import ServiceError, ServiceSpec, check_no_control_chars
+from .status import ServiceStatus
 
 __all__ = [
     "CONFIG_ERROR_EXIT",

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlx_serve.event_filter import event_matches
+
 
 @dataclass(frozen=True)
 class Event:
@@ -64,9 +66,7 @@ class EventBus:
         return [
             e
             for e in self._ring
-            if (model is None or e.model == model)
-            and (kind is None or e.kind == kind or e.kind.startswith(kind + "."))
-            and (since is None or e.ts >= since)
+            if event_matches(e.kind, e.model, e.ts, want_model=model, want_kind=kind, since=since)
         ]
 
     @contextlib.contextmanager

@@ -56,6 +56,9 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
+from mlx_serve.router.query import query_flag
+from mlx_serve.workers.process import free_port
+
 __all__ = ["FakeHub", "HubRequest", "closed_port_url"]
 
 _LFS_SUFFIXES = (".safetensors", ".bin", ".npz", ".gguf", ".pt", ".pth", ".onnx")
@@ -301,7 +304,7 @@ class FakeHub:
         if kind == "info":
             return web.json_response(self._model_info(repo))
         sub = "/".join(rest[2:])
-        recursive = request.query.get("recursive", "").lower() in ("1", "true")
+        recursive = query_flag(request, "recursive")
         return web.json_response(_tree(repo, sub, recursive=recursive))
 
     def _model_info(self, repo: _Repo) -> dict[str, Any]:
@@ -439,10 +442,7 @@ class FakeHub:
 
 def closed_port_url() -> str:
     """An ``http://127.0.0.1:PORT`` where nothing listens (for "hub unreachable" tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def _abort(request: web.Request) -> None:

@@ -106,12 +106,17 @@ class SubprocessLauncher:
         return _AsyncioWorkerProcess(proc)
 
 
-async def end_group(proc: WorkerProcess, grace: float) -> bool:
-    """SIGTERM ``proc``'s group, wait up to ``grace`` seconds for it, then SIGKILL the group
-    (always: children the worker forked must not survive it) and reap. True if the grace ran
-    out, i.e. the worker ignored SIGTERM."""
+async def end_group(
+    proc: WorkerProcess | asyncio.subprocess.Process, grace: float, *, term: bool = True
+) -> bool:
+    """SIGTERM ``proc``'s group (unless ``term`` is False), wait up to ``grace`` seconds for
+    it, then SIGKILL the group (always: children the worker forked must not survive it) and
+    reap. True if the grace ran out, i.e. the worker ignored SIGTERM. An
+    :class:`asyncio.subprocess.Process` must lead its own session (``start_new_session``)."""
+    if isinstance(proc, asyncio.subprocess.Process):
+        proc = _AsyncioWorkerProcess(proc)
     ignored = False
-    if proc.returncode is None:
+    if term and proc.returncode is None:
         proc.signal_group(SIGTERM)
         try:
             async with asyncio.timeout(grace):

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from mlx_serve.files import atomic_write_text
+
 #: Rank 0's exit code when another rank of its model exited.
 RANK_LOST_EXIT = 86
 
@@ -51,10 +53,7 @@ class Follower:
 
 def write_followers(path: Path, followers: list[Follower]) -> None:
     """Write the followers for :func:`start_followers` (by the driver, before the start)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps([asdict(f) for f in followers]))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps([asdict(f) for f in followers]))
 
 
 def read_followers(path: Path) -> list[Follower]:
