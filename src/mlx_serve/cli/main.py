@@ -73,7 +73,7 @@ def demo(
         Path | None, typer.Option(help="where demo models go (default ~/.mlx-serve/demo)")
     ] = None,
 ) -> None:
-    """Build tiny random-weight demo models, serve them, and tour every endpoint."""
+    """Build the demo models (real SmolLM2 and Whisper tiny.en), serve them, tour the endpoints."""
     from mlx_serve.demo import run_demo
 
     setup_logging(False)
