@@ -769,12 +769,13 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
         "cpu",
         no_direct=True,
     )
-    metric(
-        "Router CPU s per 1000 streamed tokens (concurrent)",
-        ("router", "cpu_s_per_1k_tokens_concurrent"),
-        "cpu",
-        no_direct=True,
-    )
+    if n_b:
+        metric(
+            "Router CPU s per 1000 streamed tokens (concurrent)",
+            ("router", "cpu_s_per_1k_tokens_concurrent"),
+            "cpu",
+            no_direct=True,
+        )
     metric("Router RSS, idle after the phases", ("router", "idle_rss_mib"), "MiB", no_direct=True)
 
     swap = results.get("swap_stage") or {}
@@ -885,15 +886,16 @@ def build_notes(
         " Requests never overlap across targets: sequential requests and concurrent batches go"
         " round-robin over the targets, all servers up at once."
     )
-    out.append(
-        "Concurrent batches: mlx_lm decodes the requests that arrived together as one batch and"
-        " later arrivals as another, so per-request tok/s depends on how the 8 were grouped (a"
-        " request decoded alone runs about twice as fast as one of a group of 6-8); aggregate"
-        " tok/s is the robust figure. mlx_lm's ThreadingHTTPServer listens with a backlog of 5:"
-        " when more connections arrive at once than it accepts, the kernel drops the SYN"
-        " (counted in TcpExt ListenOverflows, system-wide, read around each batch) and the"
-        f" client retries after 1 s, hence first tokens ≥ {LATE_S:g} s late."
-    )
+    if s.get("batches"):
+        out.append(
+            "Concurrent batches: mlx_lm decodes the requests that arrived together as one batch and"
+            " later arrivals as another, so per-request tok/s depends on how the 8 were grouped (a"
+            " request decoded alone runs about twice as fast as one of a group of 6-8); aggregate"
+            " tok/s is the robust figure. mlx_lm's ThreadingHTTPServer listens with a backlog of 5:"
+            " when more connections arrive at once than it accepts, the kernel drops the SYN"
+            " (counted in TcpExt ListenOverflows, system-wide, read around each batch) and the"
+            f" client retries after 1 s, hence first tokens ≥ {LATE_S:g} s late."
+        )
     out.append(
         "Router CPU = user+sys CPU time of the router process (`mlx-serve start`; for 0.3.0 its"
         " uvicorn process), not its workers, over the phase / the tokens streamed in it. Idle RSS"
