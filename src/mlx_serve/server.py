@@ -26,7 +26,7 @@ from mlx_serve.observability.event_log import EventLogFile
 from mlx_serve.router.app import make_app
 from mlx_serve.supervisor import Supervisor
 from mlx_serve.supervisor.config_watcher import watch_config
-from mlx_serve.supervisor.events import Event
+from mlx_serve.supervisor.events import Event, WorkerStateChanged
 from mlx_serve.supervisor.reload import reload_from_file
 from mlx_serve.workers.base import WorkerDriver
 
@@ -63,7 +63,7 @@ _LEVELS: dict[str, int] = {
     "worker.crashed": logging.ERROR,
 }
 #: Details that only repeat what the line already says, or are too long for one line.
-_UNLOGGED = frozenset({"log_tail", "old", "new", "status", "trigger"})
+_UNLOGGED = frozenset({"log_tail", "old", "new", "old_status", "status", "trigger"})
 #: A client failing authentication again and again gets one line per this many seconds.
 AUTH_LOG_INTERVAL = 60.0
 
@@ -87,8 +87,8 @@ class EventLogger:
     def describe(self, event: Event) -> tuple[int, str] | None:
         """The level and text of ``event``'s log line; None if it gets none."""
         kind, data = event.kind, event.data
-        if kind == "worker.state":
-            if data.get("new") != "failed" or data.get("old") != "starting":
+        if isinstance(event, WorkerStateChanged):
+            if event.new != "failed" or event.old != "starting":
                 return None  # a crash (already logged as worker.crashed) or routine
             return logging.ERROR, _line("model.failed", event.model, data)
         level = _LEVELS.get(kind)

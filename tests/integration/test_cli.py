@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -33,7 +33,7 @@ from mlx_serve.cli.client import Client, ServerNotRunning, ServerTooOld
 from mlx_serve.observability.event_log import EventLogFile
 from mlx_serve.pidfile import pid_path, running_pid
 from mlx_serve.runtime_file import runtime_path
-from mlx_serve.supervisor.events import Event
+from mlx_serve.supervisor.events import ModelLoaded, Swap, WorkerCrashed
 from mlx_serve.testing.fake_hub import FakeHub
 from mlx_serve.tiny_models import build_text_model
 from mlx_serve.workers.process import free_port
@@ -310,9 +310,9 @@ def test_not_running(tmp_path: Path) -> None:
     # `logs` falls back to the event log file the server left behind.
     sink = EventLogFile(home / "events.jsonl")
     now = time.time()
-    sink(Event(1, now - 3600, "model.loaded", "m", {"duration_s": 1.5}))
-    sink(Event(2, now - 10, "worker.crashed", "m", {"exit_code": -9, "log_tail": "x"}))
-    sink(Event(3, now - 5, "swap", "other", {"to": "m"}))
+    sink(replace(ModelLoaded(model="m", duration_s=1.5, pid=7, type="text"), seq=1, ts=now - 3600))
+    sink(replace(WorkerCrashed(model="m", exit_code=-9, log_tail="x"), seq=2, ts=now - 10))
+    sink(replace(Swap(model="other", to="m"), seq=3, ts=now - 5))
     sink.close()
     result = run(env, "logs")
     assert result.returncode == 0, result.stderr

@@ -7,6 +7,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,14 @@ from mlx_serve.observability.request_stats import UNKNOWN, RequestStats
 from mlx_serve.router.proxy import Trace
 from mlx_serve.server import AUTH_LOG_INTERVAL, EventLogger
 from mlx_serve.supervisor import Supervisor
-from mlx_serve.supervisor.events import Event
+from mlx_serve.supervisor.events import Event, make_event
 from mlx_serve.testing import FakeLauncher, InstantDriver
 
 _seq = itertools.count(1)
 
 
 def event(kind: str, model: str | None = None, **data: Any) -> Event:
-    return Event(next(_seq), 1_700_000_000.0, kind, model, data)
+    return replace(make_event(kind, model, **data), seq=next(_seq), ts=1_700_000_000.0)
 
 
 class Clock:
@@ -132,7 +133,7 @@ def test_stats_keep_waits_apart_and_count_every_outcome() -> None:
     stats(event("request", "m", **rejected(400, "wrong_model_type")))
     stats(event("request", None, **rejected(404, "model_not_found")))
     stats(event("request", None, **rejected(401, "invalid_api_key")))
-    stats(event("model.loaded", "m", duration_s=2.9))  # not a request
+    stats(event("model.loaded", "m", duration_s=2.9, pid=1, type="text"))  # not a request
     m = stats.summary("m")
     assert (m["count"], m["errors"], m["cold_starts"]) == (3, 1, 1)
     assert m["statuses"] == {"200": 2, "400": 1}
@@ -206,12 +207,17 @@ def test_log_levels_and_no_noise() -> None:
         "worker.crashed m exit_code=-9 (killed by SIGKILL)",
     )
     failed = {"reason": "exited with code 7 while loading", "log_tail": "...", "failures": 1}
-    level, text = line(logger, "worker.state", "m", old="starting", new="failed", **failed)
+    starting_failed = {"old_status": "loading", "status": "failed"}
+    level, text = line(
+        logger, "worker.state", "m", old="starting", new="failed", **starting_failed, **failed
+    )
     assert level == logging.ERROR
     assert text == "model.failed m reason=exited with code 7 while loading failures=1"
     # The FAILED state after a crash repeats the crash line: not logged again.
-    assert line(logger, "worker.state", "m", old="ready", new="failed", reason="x") is None
-    assert line(logger, "worker.state", "m", old="stopped", new="starting") is None
+    ready_failed = {"old_status": "loaded", "status": "failed", "reason": "x"}
+    assert line(logger, "worker.state", "m", old="ready", new="failed", **ready_failed) is None
+    starting = {"old_status": "unloaded", "status": "loading"}
+    assert line(logger, "worker.state", "m", old="stopped", new="starting", **starting) is None
     reload_ok = {
         "status": "ok", "error": None, "trigger": "file", "added": ["c"], "removed": [],
         "changed": ["a"], "restarted": [], "updated": ["a"], "unchanged": ["b"],
@@ -238,11 +244,11 @@ def test_log_levels_and_no_noise() -> None:
         logging.WARNING,
         "memory.low available=1.0 GiB total=16.0 GiB",
     )
-    assert line(logger, "model.loaded", "m", duration_s=1.5, pid=7, spare=None) == (
+    assert line(logger, "model.loaded", "m", duration_s=1.5, pid=7, type="text", spare=None) == (
         logging.INFO,
-        "model.loaded m duration_s=1.5 pid=7",
+        "model.loaded m duration_s=1.5 pid=7 type=text",
     )
-    assert line(logger, "request", "m", status=200) is None
+    assert line(logger, "request", "m", endpoint="/v1/completions", status=200) is None
 
 
 def test_auth_failures_are_warned_once_a_minute_per_client() -> None:

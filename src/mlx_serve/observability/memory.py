@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import psutil
 
 from mlx_serve.observability.history import MemoryHistory, MemorySample
+from mlx_serve.supervisor.events import Event, MemoryLow, MemoryOk
 
 
 def tree_rss_bytes(pid: int | None) -> int | None:
@@ -66,7 +67,7 @@ def load_refusal(estimated_bytes: int | None, available_bytes: int) -> str | Non
 
 
 async def watch_memory(
-    emit: Callable[..., object], warning_ratio: float, interval: float = 5.0
+    emit: Callable[[Event], object], warning_ratio: float, interval: float = 5.0
 ) -> None:
     """Emit ``memory.low`` when available memory drops below ``warning_ratio`` of the total,
     once per crossing (and ``memory.ok`` when it recovers), so the log is not flooded."""
@@ -76,11 +77,8 @@ async def watch_memory(
         now_low = mem.available_bytes < warning_ratio * mem.total_bytes
         if now_low != low:
             low = now_low
-            emit(
-                "memory.low" if low else "memory.ok",
-                available_bytes=mem.available_bytes,
-                total_bytes=mem.total_bytes,
-            )
+            kind = MemoryLow if low else MemoryOk
+            emit(kind(available_bytes=mem.available_bytes, total_bytes=mem.total_bytes))
         await asyncio.sleep(interval)
 
 

@@ -13,7 +13,7 @@ first token runs from admission to a ready worker; the wait before it is split b
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -22,7 +22,15 @@ from prometheus_client.registry import Collector
 from mlx_serve.errors import outcome_code
 from mlx_serve.observability.memory import system_memory, tree_rss_bytes
 from mlx_serve.observability.request_stats import UNKNOWN
-from mlx_serve.supervisor.events import Event
+from mlx_serve.supervisor.events import (
+    Event,
+    ModelEvicted,
+    ModelLoaded,
+    ModelUnloaded,
+    RequestFinished,
+    Swap,
+    WorkerCrashed,
+)
 
 if TYPE_CHECKING:
     from mlx_serve.supervisor import Supervisor
@@ -98,46 +106,41 @@ class Metrics:
         self._swap_started: dict[str, float] = {}  # target model -> swap start (wall)
 
     def __call__(self, event: Event) -> None:
-        data, model = event.data, event.model or ""
-        if event.kind == "request":
-            self._request(event.model or UNKNOWN, data)
-        elif event.kind == "model.loaded":
-            self.loads.labels(model).inc()
-            if isinstance(data.get("duration_s"), int | float):
-                self.load_duration.labels(model).observe(data["duration_s"])
-            started = self._swap_started.pop(model, None)
-            if started is not None:
-                self.swap_duration.observe(max(0.0, event.ts - started))
-        elif event.kind == "model.unloaded":
-            self.unloads.labels(model, str(data.get("reason", ""))).inc()
-        elif event.kind == "swap":
-            self.swaps.inc()
-            self._swap_started[str(data.get("to", ""))] = event.ts
-        elif event.kind == "model.evicted":
-            self.evictions.labels(model, str(data.get("reason", ""))).inc()
-        elif event.kind == "worker.crashed":
-            self.crashes.labels(model).inc()
+        model = event.model or ""
+        match event:
+            case RequestFinished():
+                self._request(event.model or UNKNOWN, event)
+            case ModelLoaded(duration_s=duration):
+                self.loads.labels(model).inc()
+                self.load_duration.labels(model).observe(duration)
+                started = self._swap_started.pop(model, None)
+                if started is not None:
+                    self.swap_duration.observe(max(0.0, event.ts - started))
+            case ModelUnloaded(reason=reason):
+                self.unloads.labels(model, reason).inc()
+            case Swap(to=to):
+                self.swaps.inc()
+                self._swap_started[to or ""] = event.ts
+            case ModelEvicted(reason=reason):
+                self.evictions.labels(model, reason).inc()
+            case WorkerCrashed():
+                self.crashes.labels(model).inc()
 
-    def _request(self, model: str, data: dict[str, Any]) -> None:
-        endpoint = str(data.get("endpoint", ""))
-        status = data.get("status", 0)
-        self.requests.labels(model, endpoint, str(status)).inc()
-        if not isinstance(status, int) or status >= 400:
-            code = data.get("code")
-            if not isinstance(code, str) or not code:
-                code = outcome_code(status if isinstance(status, int) else 0)
-            self.errors.labels(model, endpoint, code).inc()
+    def _request(self, model: str, r: RequestFinished) -> None:
+        self.requests.labels(model, r.endpoint, str(r.status)).inc()
+        if r.status >= 400:
+            self.errors.labels(model, r.endpoint, r.code or outcome_code(r.status)).inc()
             return
-        for key, metric in (("ttft_s", self.ttft), ("queued_s", self.queue_wait)):
-            if isinstance(data.get(key), int | float):
-                metric.labels(model).observe(data[key])
-        load = data.get("load_s")
-        if isinstance(load, int | float) and load > 0:
-            self.load_wait.labels(model).observe(load)
-        if isinstance(data.get("latency_s"), int | float):
-            self.latency.labels(model, endpoint).observe(data["latency_s"])
-        if isinstance(data.get("completion_tokens"), int):
-            self.tokens.labels(model).inc(data["completion_tokens"])
+        if r.ttft_s is not None:
+            self.ttft.labels(model).observe(r.ttft_s)
+        if r.queued_s is not None:
+            self.queue_wait.labels(model).observe(r.queued_s)
+        if r.load_s:
+            self.load_wait.labels(model).observe(r.load_s)
+        if r.latency_s is not None:
+            self.latency.labels(model, r.endpoint).observe(r.latency_s)
+        if r.completion_tokens is not None:
+            self.tokens.labels(model).inc(r.completion_tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlx_serve.stats import percentile
-from mlx_serve.supervisor.events import Event
+from mlx_serve.supervisor.events import Event, RequestFinished
 
 #: Requests kept per model for percentiles: enough for stable p99, bounded in memory.
 WINDOW = 1000
@@ -42,27 +42,24 @@ class ModelStats:
     load: deque[float] = field(default_factory=_window)
     tokens_per_s: deque[float] = field(default_factory=_window)
 
-    def add(self, data: dict[str, Any]) -> None:
+    def add(self, r: RequestFinished) -> None:
         self.count += 1
-        status = data.get("status")
-        self.statuses[str(status)] += 1
-        if not isinstance(status, int) or status >= 400:
+        self.statuses[str(r.status)] += 1
+        if r.status >= 400:
             self.errors += 1
-            self.error_codes[str(data.get("code") or status)] += 1
+            self.error_codes[r.code or str(r.status)] += 1
             return
-        load = data.get("load_s")
-        if isinstance(load, int | float) and load > 0:
+        if r.load_s:
             self.cold_starts += 1
-            self.load.append(float(load))
-        for key, series in (
-            ("ttft_s", self.ttft),
-            ("latency_s", self.latency),
-            ("queued_s", self.queued),
-            ("tokens_per_s", self.tokens_per_s),
+            self.load.append(r.load_s)
+        for value, series in (
+            (r.ttft_s, self.ttft),
+            (r.latency_s, self.latency),
+            (r.queued_s, self.queued),
+            (r.tokens_per_s, self.tokens_per_s),
         ):
-            value = data.get(key)
-            if isinstance(value, int | float):
-                series.append(float(value))
+            if value is not None:
+                series.append(value)
 
     def outcomes(self) -> dict[str, Any]:
         """Counts only: requests, errors, by status and by error code."""
@@ -99,12 +96,12 @@ class RequestStats:
         self.unknown = ModelStats()  # requests that named no configured model
 
     def __call__(self, event: Event) -> None:
-        if event.kind != "request":
+        if not isinstance(event, RequestFinished):
             return
         if event.model is None:
-            self.unknown.add(event.data)
+            self.unknown.add(event)
         else:
-            self.models.setdefault(event.model, ModelStats()).add(event.data)
+            self.models.setdefault(event.model, ModelStats()).add(event)
 
     def summary(self, model: str) -> dict[str, Any]:
         return self.models.get(model, ModelStats()).summary()

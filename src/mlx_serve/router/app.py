@@ -22,7 +22,7 @@ from mlx_serve.router.openai_routes import ENDPOINT_ALIASES, add_routes
 from mlx_serve.router.origin import add_cors_headers, origin_middleware
 from mlx_serve.router.proxy import TRACED
 from mlx_serve.supervisor import Supervisor
-from mlx_serve.supervisor.events import Event
+from mlx_serve.supervisor.events import Event, RequestFinished
 
 #: aiohttp's own cap on a request body. The real limits are per kind of body
 #: (``server.max_json_body`` / ``max_upload_body``), checked while reading; this only
@@ -74,14 +74,15 @@ def _count_rejected(request: web.Request, status: int, elapsed: float) -> None:
     # The route's pattern, never the raw path: labels must not grow with what clients send.
     endpoint = resource.canonical if resource is not None else "unmatched"
     request.app[SUPERVISOR].events.emit(
-        "request",
-        error.model if error is not None else None,
-        endpoint=ENDPOINT_ALIASES.get(endpoint, endpoint),
-        stream=False,
-        status=status,
-        code=outcome_code(status, error.code if error is not None else None),
-        latency_s=round(elapsed, 4),
-        error=error.message if error is not None else None,
+        RequestFinished(
+            model=error.model if error is not None else None,
+            endpoint=ENDPOINT_ALIASES.get(endpoint, endpoint),
+            stream=False,
+            status=status,
+            code=outcome_code(status, error.code if error is not None else None),
+            latency_s=round(elapsed, 4),
+            error=error.message if error is not None else None,
+        )
     )
 
 

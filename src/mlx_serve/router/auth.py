@@ -15,6 +15,7 @@ from aiohttp import web
 
 from mlx_serve.errors import ApiError, Handler
 from mlx_serve.router.keys import SUPERVISOR
+from mlx_serve.supervisor.events import AuthFailed
 
 #: Routes anyone may call: liveness checks by service managers and load balancers, and the
 #: dashboard page itself (static HTML with no data: it asks for the key, then calls the API).
@@ -44,10 +45,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     presented = _presented(request)
     if presented is None or not hmac.compare_digest(presented.encode(), api_key.encode()):
         supervisor.events.emit(
-            "auth.failed",
-            path=request.path,
-            remote=request.remote,
-            reason="missing" if presented is None else "wrong key",
+            AuthFailed(
+                path=request.path,
+                remote=request.remote,
+                reason="missing" if presented is None else "wrong key",
+            )
         )
         raise ApiError(
             401,

@@ -43,6 +43,7 @@ from mlx_serve.supervisor import (
     WorkerStartError,
     WorkerView,
 )
+from mlx_serve.supervisor.events import ModelDeleted, ModelPull, WorkerStateChanged
 from mlx_serve.supervisor.reload import reload_from_file
 
 #: Seconds between SSE keep-alive comments on the event stream.
@@ -150,8 +151,8 @@ async def load_model(request: web.Request) -> web.StreamResponse:
                 done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
                     event = getter.result()
-                    if event.model == name and event.kind == "worker.state":
-                        await _ndjson(resp, {"status": event.data["status"], "name": name})
+                    if event.model == name and isinstance(event, WorkerStateChanged):
+                        await _ndjson(resp, {"status": event.status, "name": name})
                 else:
                     getter.cancel()
             task.result()
@@ -218,7 +219,7 @@ async def delete_model_files(supervisor: Supervisor, name: str, local_ok: bool) 
         raise _hub_error(exc) from exc
     finally:
         worker.release_files()
-    supervisor.events.emit("model.deleted", name, path=path, freed_bytes=freed)
+    supervisor.events.emit(ModelDeleted(model=name, path=path, freed_bytes=freed))
     return {"name": name, "deleted": path, "freed_bytes": freed}
 
 
@@ -257,17 +258,17 @@ async def pull(request: web.Request) -> web.StreamResponse:
             return await _pull_whole(supervisor, repo, revision, first, progress)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-        supervisor.events.emit("model.pull", None, repo=repo, revision=revision, status="started")
+        supervisor.events.emit(ModelPull(repo=repo, status="started", extra={"revision": revision}))
         try:
             await _ndjson(resp, first)
             async for item in progress:
                 await _ndjson(resp, item)
-            supervisor.events.emit("model.pull", None, repo=repo, status="success")
+            supervisor.events.emit(ModelPull(repo=repo, status="success"))
         except hub.HubError as exc:
             await _ndjson(
                 resp, {"status": "error", "error": str(exc), "code": getattr(exc, "code", None)}
             )
-            supervisor.events.emit("model.pull", None, repo=repo, status="error", error=str(exc))
+            supervisor.events.emit(ModelPull(repo=repo, status="error", extra={"error": str(exc)}))
     await resp.write_eof()
     return resp
 
@@ -282,14 +283,14 @@ async def _pull_whole(
     """A pull answered as one JSON object (its last progress line, ``"status": "success"``)."""
     from mlx_serve import hub  # noqa: PLC0415 - huggingface_hub only when used
 
-    supervisor.events.emit("model.pull", None, repo=repo, revision=revision, status="started")
+    supervisor.events.emit(ModelPull(repo=repo, status="started", extra={"revision": revision}))
     try:
         async for item in progress:
             last = item
     except hub.HubError as exc:
-        supervisor.events.emit("model.pull", None, repo=repo, status="error", error=str(exc))
+        supervisor.events.emit(ModelPull(repo=repo, status="error", extra={"error": str(exc)}))
         raise _hub_error(exc) from exc
-    supervisor.events.emit("model.pull", None, repo=repo, status="success")
+    supervisor.events.emit(ModelPull(repo=repo, status="success"))
     return web.json_response(last)
 
 

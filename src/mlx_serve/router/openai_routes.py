@@ -304,7 +304,7 @@ async def traced_lease(
         trace.status, trace.error = 499, "client closed the request"
         raise
     finally:
-        supervisor.events.emit("request", name, **trace.summary())
+        supervisor.events.emit(trace.event(name))
 
 
 #: Body checks per JSON endpoint.

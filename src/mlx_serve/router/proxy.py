@@ -25,6 +25,7 @@ from aiohttp import web
 from mlx_serve.errors import ApiError, outcome_code
 from mlx_serve.router import upstream as worker_http
 from mlx_serve.router.upstream import UpstreamError, UpstreamResponse
+from mlx_serve.supervisor.events import RequestFinished
 
 if TYPE_CHECKING:
     from mlx_serve.supervisor import Lease
@@ -88,6 +89,10 @@ class Trace:
 
     def fail(self, error: ApiError) -> None:
         self.status, self.code, self.error = error.status, error.code, error.message
+
+    def event(self, model: str) -> RequestFinished:
+        """The ``request`` event of this request, for configured model ``model``."""
+        return RequestFinished(model=model, **self.summary())
 
     def summary(self) -> dict[str, Any]:
         now = time.perf_counter()

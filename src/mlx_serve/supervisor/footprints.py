@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from mlx_serve.observability.memory import tree_rss_bytes
 from mlx_serve.residency.estimate import Estimate, estimate_model
+from mlx_serve.supervisor import events as ev
 from mlx_serve.supervisor.states import DOWN, RESIDENT
 
 if TYPE_CHECKING:
@@ -152,9 +153,9 @@ class FootprintTracker:
         worker = self._workers.get(event.model or "")
         if worker is None:
             return
-        if event.kind == "model.loaded":
-            self._loaded(worker, event.data)
-        elif event.kind in ("model.unloaded", "worker.crashed"):
+        if isinstance(event, ev.ModelLoaded):
+            self._loaded(worker, event.extra)
+        elif isinstance(event, ev.ModelUnloaded | ev.WorkerCrashed):
             self._unloaded(worker)
 
     def _loaded(self, worker: ManagedWorker, details: Mapping[str, object]) -> None:
@@ -169,11 +170,12 @@ class FootprintTracker:
             self.ledger.record_overhead(worker.model.type.value, value - estimate.weights_bytes)
         self._remember(worker)
         self._events.emit(
-            "model.footprint",
-            worker.name,
-            measured_bytes=value,
-            estimate_bytes=estimate.total_bytes if estimate is not None else None,
-            planned_bytes=worker.footprint.planned_bytes,
+            ev.ModelFootprint(
+                model=worker.name,
+                measured_bytes=value,
+                estimate_bytes=estimate.total_bytes if estimate is not None else None,
+                planned_bytes=worker.footprint.planned_bytes,
+            )
         )
         self._on_change()
 

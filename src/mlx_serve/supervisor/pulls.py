@@ -22,6 +22,8 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mlx_serve.supervisor import events as ev
+
 if TYPE_CHECKING:
     from mlx_serve.supervisor.clock import Clock
     from mlx_serve.supervisor.events import EventBus
@@ -99,7 +101,7 @@ class AutoPuller:
         job = _Pull(repo, {worker.name: worker}, progress)
         self._pulls[repo] = job
         worker.set_pull_progress(progress)
-        self._events.emit("model.pull", worker.name, repo=repo, status="started", auto=True)
+        self._events.emit(_pull(worker.name, repo, "started"))
         job.task = asyncio.get_running_loop().create_task(self._run(job), name=f"pull-{repo}")
 
     async def cancel(self, name: str, reason: str) -> bool:
@@ -110,8 +112,7 @@ class AutoPuller:
             if worker is None:
                 continue
             worker.set_pull_progress(None)
-            self._events.emit("model.pull", name, repo=job.repo, status="cancelled",
-                              reason=reason, auto=True)  # fmt: skip
+            self._events.emit(_pull(name, job.repo, "cancelled", reason=reason))
             if not job.workers and job.task is not None:
                 job.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -140,8 +141,7 @@ class AutoPuller:
                         self._update(job, item)
         except asyncio.CancelledError:
             for worker in self._end(job):  # the server is stopping (cancel() took its own)
-                self._events.emit("model.pull", worker.name, repo=job.repo, status="cancelled",
-                                  reason="shutdown", auto=True)  # fmt: skip
+                self._events.emit(_pull(worker.name, job.repo, "cancelled", reason="shutdown"))
             raise
         except Exception as exc:
             workers = self._end(job)
@@ -149,18 +149,19 @@ class AutoPuller:
                 return
             code = getattr(exc, "code", None) or "pull_failed"
             for worker in workers:
-                self._events.emit("model.pull", worker.name, repo=job.repo, status="error",
-                                  error=str(exc), code=code, auto=True)  # fmt: skip
+                self._events.emit(_pull(worker.name, job.repo, "error", error=str(exc), code=code))
             for worker in workers:
                 self._on_failure(worker, job.repo, exc)
             return
         workers = self._end(job)
         for worker in workers:
             self._events.emit(
-                "model.pull", worker.name, repo=job.repo, status="success", auto=True,
-                bytes=result.get("bytes"), downloaded_bytes=result.get("downloaded_bytes"),
-                revision=result.get("revision"),
-                duration_s=round(self._clock.now() - started, 3),
+                _pull(
+                    worker.name, job.repo, "success",
+                    bytes=result.get("bytes"), downloaded_bytes=result.get("downloaded_bytes"),
+                    revision=result.get("revision"),
+                    duration_s=round(self._clock.now() - started, 3),
+                )
             )  # fmt: skip
         for worker in workers:
             self._on_success(worker, job.repo)
@@ -203,5 +204,9 @@ class AutoPuller:
             if status == "pulling manifest":
                 fields["files"] = progress.get("files")
             for worker in job.workers.values():
-                self._events.emit("model.pull", worker.name, repo=job.repo, status=status,
-                                  auto=True, **fields)  # fmt: skip
+                self._events.emit(_pull(worker.name, job.repo, status, **fields))
+
+
+def _pull(model: str, repo: str, status: str, **figures: Any) -> ev.ModelPull:
+    """A ``model.pull`` event of ``server.auto_pull`` (``auto``: not asked for by a client)."""
+    return ev.ModelPull(model=model, repo=repo, status=status, extra={"auto": True, **figures})

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mlx_serve.config import Config, ConfigError, ModelConfig, load_config
+from mlx_serve.supervisor import events as ev
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -134,9 +135,19 @@ async def _reload(supervisor: Supervisor, path: Path, *, trigger: str) -> dict[s
         new = await asyncio.to_thread(load_config, path)
     except ConfigError as exc:
         result: dict[str, Any] = {"status": "invalid", "error": str(exc), "trigger": trigger}
-        supervisor.events.emit("config.reload", None, **result)
+        supervisor.events.emit(_reload_event(result))
         return result
     diff = await apply_config(supervisor, new)
     result = {"status": "ok", "error": None, "trigger": trigger, **diff.to_json()}
-    supervisor.events.emit("config.reload", None, **result)
+    supervisor.events.emit(_reload_event(result))
     return result
+
+
+def _reload_event(result: dict[str, Any]) -> ev.ConfigReload:
+    outcome = {k: v for k, v in result.items() if k not in ("status", "trigger", "error")}
+    return ev.ConfigReload(
+        status=str(result["status"]),
+        trigger=result.get("trigger"),
+        error=result.get("error"),
+        extra=outcome,
+    )

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from mlx_serve.supervisor import events as ev
 from mlx_serve.supervisor import policy
 from mlx_serve.supervisor.states import DOWN, WorkerState
 from mlx_serve.supervisor.worker import WorkerStartError
@@ -186,11 +187,12 @@ class Scheduler:
         if isinstance(action, policy.Refuse):
             target = self.workers[action.model]
             self._events.emit(
-                "model.refused",
-                action.model,
-                reason=action.reason,
-                needed_bytes=target.footprint.planned_bytes,
-                budget_bytes=self.limits.budget_bytes,
+                ev.ModelRefused(
+                    model=action.model,
+                    reason=action.reason,
+                    needed_bytes=target.footprint.planned_bytes,
+                    budget_bytes=self.limits.budget_bytes,
+                )
             )
             self.fail_waiters(
                 action.model,
@@ -198,7 +200,7 @@ class Scheduler:
             )
             self.wake()
         elif isinstance(action, policy.Drain):
-            self._events.emit("worker.drain", action.model, for_model=action.for_model)
+            self._events.emit(ev.WorkerDrain(model=action.model, for_model=action.for_model))
             self.workers[action.model].drain()
         elif isinstance(action, policy.Undrain):
             self.workers[action.model].undrain()
@@ -219,15 +221,11 @@ class Scheduler:
             return  # an idle timeout or an operator's unload is not an eviction
         views = self._views()
         victim = views[action.model]
-        data: dict[str, object] = {
-            "victim_bytes": victim.size_bytes,
-            "budget_bytes": self.limits.budget_bytes,
-            "max_loaded": self.limits.max_loaded,
-        }
+        data: dict[str, object]
         if action.for_model is not None:
             room = policy.room_for(views, self.limits, views[action.for_model])
-            data |= {
-                "reason": room.reason,
+            reason = room.reason
+            data = {
                 "for_model": action.for_model,
                 "needed_bytes": room.needed_bytes,
                 "used_bytes": room.used_bytes,
@@ -236,8 +234,17 @@ class Scheduler:
             }
         else:
             used = sum(v.size_bytes for v in views.values() if v.state not in DOWN)
-            data |= {"reason": "over_budget", "used_bytes": used}
-        self._events.emit("model.evicted", action.model, **data)
+            reason, data = "over_budget", {"used_bytes": used}
+        self._events.emit(
+            ev.ModelEvicted(
+                model=action.model,
+                reason=reason,
+                victim_bytes=victim.size_bytes,
+                budget_bytes=self.limits.budget_bytes,
+                max_loaded=self.limits.max_loaded,
+                extra=data,
+            )
+        )
 
     def _admit_waiters(self) -> None:
         for waiter in list(self._queue):
@@ -273,7 +280,7 @@ class Scheduler:
             if isinstance(action, policy.Stop):
                 if action.for_model is not None:
                     self.swaps += 1
-                    self._events.emit("swap", action.model, to=action.for_model)
+                    self._events.emit(ev.Swap(model=action.model, to=action.for_model))
                 await worker.stop(action.reason)
                 self._unloads.discard(action.model)
             else:

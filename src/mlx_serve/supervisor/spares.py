@@ -27,6 +27,7 @@ import aiohttp
 
 from mlx_serve.files import append_line
 from mlx_serve.observability.memory import tree_rss_bytes
+from mlx_serve.supervisor import events as ev
 from mlx_serve.workers.base import SpareContext, SpareDriver, spare_support
 from mlx_serve.workers.process import (
     SIGKILL,
@@ -164,7 +165,7 @@ class SparePool:
         spare.taken = True
         if spare.watcher is not None:
             spare.watcher.cancel()
-        self._events.emit("spare.taken", model.type.value, pid=spare.proc.pid, by=model.path)
+        self._events.emit(ev.SpareTaken(model=model.type.value, pid=spare.proc.pid, by=model.path))
         self._on_change()
         self.wake()
         return spare
@@ -216,7 +217,7 @@ class SparePool:
         spare.watcher = asyncio.get_running_loop().create_task(
             self._watch(spare), name=f"spare-{kind.value}"
         )
-        self._events.emit("spare.starting", kind.value, pid=proc.pid)
+        self._events.emit(ev.SpareStarting(model=kind.value, pid=proc.pid))
         started = self._clock.now()
         while not spare.ready:
             if spare.taken or self.spares.get(kind) is not spare or proc.returncode is not None:
@@ -234,11 +235,12 @@ class SparePool:
         self._retry_at.pop(kind, None)
         spare.rss_bytes = tree_rss_bytes(proc.pid)
         self._events.emit(
-            "spare.ready",
-            kind.value,
-            pid=proc.pid,
-            duration_s=round(self._clock.now() - started, 3),
-            rss_bytes=spare.rss_bytes,
+            ev.SpareReady(
+                model=kind.value,
+                pid=proc.pid,
+                duration_s=round(self._clock.now() - started, 3),
+                rss_bytes=spare.rss_bytes,
+            )
         )
         self._on_change()
 
@@ -257,19 +259,22 @@ class SparePool:
         self._failures[kind] = self._failures.get(kind, 0) + 1
         self._retry_at[kind] = self._clock.now() + 2.0 ** self._failures[kind]
         self._events.emit(
-            "spare.failed",
-            kind.value,
-            reason=reason,
-            failures=self._failures[kind],
-            gave_up=self._failures[kind] >= MAX_FAILURES,
-            log_tail=log_tail,
+            ev.SpareFailed(
+                model=kind.value,
+                reason=reason,
+                failures=self._failures[kind],
+                gave_up=self._failures[kind] >= MAX_FAILURES,
+                log_tail=log_tail,
+            )
         )
 
     def _retire(self, spare: Spare, reason: str) -> None:
         spare.taken = True  # its exit is expected now
         if spare.watcher is not None:
             spare.watcher.cancel()
-        self._events.emit("spare.stopped", spare.kind.value, pid=spare.proc.pid, reason=reason)
+        self._events.emit(
+            ev.SpareStopped(model=spare.kind.value, pid=spare.proc.pid, reason=reason)
+        )
         asyncio.get_running_loop().create_task(self._kill(spare.proc))
 
     async def _kill(self, proc: WorkerProcess) -> None:

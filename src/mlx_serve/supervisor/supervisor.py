@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from mlx_serve.observability.memory import load_refusal, system_memory
 from mlx_serve.residency import Budget, FootprintLedger, resolve_budget
 from mlx_serve.residency.estimate import DEFAULT_OVERHEAD
+from mlx_serve.supervisor import events as ev
 from mlx_serve.supervisor.clock import Clock, MonotonicClock
 from mlx_serve.supervisor.events import EventBus
 from mlx_serve.supervisor.footprints import SAMPLE_INTERVAL, FootprintTracker
@@ -282,8 +283,10 @@ class Supervisor:
             return
         error = ModelFilesMissing(name, missing)
         self.events.emit(
-            "model.missing_files", name, reason=error.reason, code=missing.code,
-            path=str(missing.path) if missing.path else None, repo=missing.repo_id,
+            ev.ModelMissingFiles(
+                model=name, reason=error.reason, code=missing.code,
+                path=str(missing.path) if missing.path else None, repo=missing.repo_id,
+            )
         )  # fmt: skip
         raise error
 
@@ -362,11 +365,12 @@ class Supervisor:
         )
         budget = self.budget
         self.events.emit(
-            "supervisor.started",
-            models=sorted(self.workers),
-            memory_budget_bytes=budget.bytes if budget is not None else None,
-            memory_budget_source=budget.source if budget is not None else None,
-            max_loaded_models=self.config.server.loaded_cap,
+            ev.SupervisorStarted(
+                models=sorted(self.workers),
+                memory_budget_bytes=budget.bytes if budget is not None else None,
+                memory_budget_source=budget.source if budget is not None else None,
+                max_loaded_models=self.config.server.loaded_cap,
+            )
         )
         preload = [n for n, w in self.workers.items() if w.model.preload]
         cap = self.config.server.loaded_cap
@@ -430,7 +434,7 @@ class Supervisor:
         for worker in self.workers.values():
             await worker.close()
         self.footprints.close()
-        self.events.emit("supervisor.stopped")
+        self.events.emit(ev.SupervisorStopped())
 
     # ------------------------------------------------------------- requests
 

@@ -17,6 +17,7 @@ import aiohttp
 
 from mlx_serve.files import append_line
 from mlx_serve.residency.footprint import Footprint
+from mlx_serve.supervisor import events as ev
 from mlx_serve.supervisor.states import DOWN, RESIDENT, STATUS, WorkerState, check_transition
 from mlx_serve.workers.base import LaunchContext, LaunchRefused, ProbeError, WorkerDriver
 from mlx_serve.workers.process import (
@@ -319,9 +320,10 @@ class ManagedWorker:
                 f"no answer within {timeout:g}s); it was killed"
             )
             self._events.emit(
-                "worker.unresponsive", self.name, pid=proc.pid, misses=self._missed_probes,
-                timeout_s=timeout,
-            )  # fmt: skip
+                ev.WorkerUnresponsive(
+                    model=self.name, pid=proc.pid, misses=self._missed_probes, timeout_s=timeout
+                )
+            )
             proc.signal_group(SIGKILL)
         return False
 
@@ -332,8 +334,10 @@ class ManagedWorker:
         check_transition(self.name, old, new)
         self.state = new
         self._events.emit(
-            "worker.state", self.name, old=old.value, new=new.value,
-            old_status=STATUS[old], status=STATUS[new], **data,
+            ev.WorkerStateChanged(
+                model=self.name, old=old.value, new=new.value,
+                old_status=STATUS[old], status=STATUS[new], extra=data,
+            )
         )  # fmt: skip
         self._on_change()
 
@@ -403,7 +407,7 @@ class ManagedWorker:
                     raise
                 # Another program took the port between free_port() and the worker's bind:
                 # not the model's fault; once more on a fresh port.
-                self._events.emit("worker.port_taken", self.name, port=self.port)
+                self._events.emit(ev.WorkerPortTaken(model=self.name, port=self.port))
                 if self.proc is not None:
                     await self._kill_group(self.proc)
                 details = await self._spawn_until_ready(started)
@@ -436,12 +440,13 @@ class ManagedWorker:
         load_s = self._clock.now() - started
         self._change_state(S.READY, pid=self.proc.pid, port=self.port)  # STARTING -> READY
         self._events.emit(
-            "model.loaded",
-            self.name,
-            duration_s=round(load_s, 4),
-            pid=self.proc.pid,
-            type=self.model.type.value,
-            **details,
+            ev.ModelLoaded(
+                model=self.name,
+                duration_s=round(load_s, 4),
+                pid=self.proc.pid,
+                type=self.model.type.value,
+                extra=details,
+            )
         )
 
     async def _spawn_until_ready(self, started: float) -> dict[str, Any]:
@@ -505,7 +510,7 @@ class ManagedWorker:
             await driver.adopt(self._http(), self.base_url, self.model, 30.0)
         except ProbeError as exc:
             self._events.emit(
-                "spare.failed", spare.kind.value, reason=str(exc), failures=0, gave_up=False
+                ev.SpareFailed(model=spare.kind.value, reason=str(exc), failures=0, gave_up=False)
             )
             await self._kill_group(spare.proc)
             self.output_log = self.log_path
@@ -583,8 +588,10 @@ class ManagedWorker:
             reason = self._kill_reason or crash_reason(code)
             self._kill_reason = None
             self._events.emit(
-                "worker.crashed", self.name, reason=reason, exit_code=code,
-                signal=exit_signal(code), pid=proc.pid, log_tail=tail,
+                ev.WorkerCrashed(
+                    model=self.name, reason=reason, exit_code=code,
+                    signal=exit_signal(code), pid=proc.pid, log_tail=tail,
+                )
             )  # fmt: skip
             self._fail(reason, log_tail=tail)
 
@@ -606,11 +613,12 @@ class ManagedWorker:
             self.footprint = self.footprint.unloaded()
             self._change_state(S.STOPPED, exit_code=self.exit_code)  # STOPPING -> STOPPED
             self._events.emit(
-                "model.unloaded",
-                self.name,
-                reason=reason,
-                was=stopping_from.value,
-                duration_s=round(self._clock.now() - started, 4),
+                ev.ModelUnloaded(
+                    model=self.name,
+                    reason=reason,
+                    was=stopping_from.value,
+                    duration_s=round(self._clock.now() - started, 4),
+                )
             )
 
     async def _kill_group(self, proc: WorkerProcess) -> None:
@@ -624,7 +632,7 @@ class ManagedWorker:
         if self.inflight == 0:
             grace = min(grace, IDLE_STOP_GRACE)
         if await end_group(proc, grace):
-            self._events.emit("worker.kill", self.name, pid=proc.pid, after_s=grace)
+            self._events.emit(ev.WorkerKilled(model=self.name, pid=proc.pid, after_s=grace))
         self.exit_code = proc.returncode
 
     # ------------------------------------------------------------------ misc
