@@ -1,7 +1,11 @@
-"""Fixtures that run the real server: in-process ``serve()`` with real worker subprocesses.
+"""Fixtures that run the real server.
 
-Every server a test starts is stopped at teardown, and teardown fails the test if any worker
-process it started is still alive: a leak is a bug, not noise.
+* :func:`start_server`: in-process ``serve()`` with real worker subprocesses. Every server a
+  test starts is stopped at teardown, and teardown fails the test if any worker process it
+  started is still alive: a leak is a bug, not noise.
+* :func:`start_app`: the real router and supervisor over workers that run in the test's own
+  loop (:mod:`tests.integration.inprocess`): no process at all, for tests of the API and the
+  proxy that need to control a worker exactly.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from mlx_serve.supervisor.events import Event
 from mlx_serve.tiny_models import build_text_model
 from mlx_serve.workers.base import WorkerDriver
 from mlx_serve.workers.process import free_port
-from tests.conftest import eventually
+from tests.conftest import eventually, last_seq, wait_event
+from tests.integration.inprocess import StartApp, app_factory, model_yaml
+
+__all__ = ["Running", "StartApp", "StartServer", "cli_server", "model_yaml", "server_factory"]
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +69,14 @@ class Running:
     def kinds(self, kind: str) -> list[Event]:
         return [e for e in self.events if e.kind == kind]
 
+    def mark(self) -> int:
+        """The newest event's number: ``event(..., after=mark)`` waits for what comes next."""
+        return last_seq(self.supervisor.events)
+
+    async def event(self, kind: str, model: str | None = None, **kwargs: Any) -> Event:
+        """:func:`tests.conftest.wait_event` on this server's supervisor."""
+        return await wait_event(self.supervisor.events, kind, model, **kwargs)
+
     async def chat(self, model: str, content: str = "hi", **extra: Any) -> tuple[int, Any]:
         body = {"model": model, "messages": [{"role": "user", "content": content}], **extra}
         async with self.http.post("/v1/chat/completions", json=body) as r:
@@ -84,12 +99,6 @@ class Running:
 
 
 StartServer = Callable[..., Awaitable[Running]]
-
-
-def model_yaml(models: Mapping[str, Mapping[str, Any]], **server: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump({"server": server, "models": dict(models)})
 
 
 @pytest.fixture
@@ -128,7 +137,8 @@ async def server_factory(tmp_path: Path) -> AsyncIterator[StartServer]:
                 drain_timeout=5,
             )
         )
-        await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED, timeout=30)
+        started: list[asyncio.Future[Any]] = [task, ready]
+        await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED, timeout=30)
         if task.done():
             task.result()
         handle = ready.result()
@@ -155,12 +165,20 @@ async def server_factory(tmp_path: Path) -> AsyncIterator[StartServer]:
         run.handle.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(run.task, 60)
-    for run in running:
-        await eventually(
-            lambda run=run: not [p for p in run.pids if _alive(p)],  # type: ignore[misc]
-            timeout=10,
-            what=f"worker processes {sorted(run.pids)} to exit",
-        )
+    pids = {pid for run in running for pid in run.pids}
+    await eventually(
+        lambda: not [p for p in pids if _alive(p)],
+        timeout=10,
+        what=f"worker processes {sorted(pids)} to exit",
+    )
+
+
+@pytest.fixture
+async def start_app(tmp_path: Path) -> AsyncIterator[StartApp]:
+    """Factory: ``await start_app(models={...}, **server_settings)`` ->
+    :class:`~tests.integration.inprocess.AppRun` (see :func:`~.inprocess.app_factory`)."""
+    async with app_factory(tmp_path) as start:
+        yield start
 
 
 @contextlib.asynccontextmanager
@@ -169,10 +187,10 @@ async def cli_server(
 ) -> AsyncIterator[subprocess.Popen[bytes]]:
     """``mlx-serve start --config CONFIG`` as a real process, until it listens on ``port``;
     terminated (then killed) on exit."""
-    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    log_file = log.open("wb") if log is not None else None
     proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; waits go to threads
         [sys.executable, "-m", "mlx_serve.cli.main", "start", "--config", str(config)],
-        stdout=out,
+        stdout=log_file if log_file is not None else subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         env={**os.environ, "MLX_SERVE_HOME": str(home)},
     )
@@ -198,8 +216,8 @@ async def cli_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 await asyncio.to_thread(proc.wait, 10)
-        if log is not None:
-            out.close()  # type: ignore[union-attr]
+        if log_file is not None:
+            log_file.close()
 
 
 def _alive(pid: int) -> bool:

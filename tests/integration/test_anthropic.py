@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anthropic
@@ -25,13 +25,22 @@ from mlx_serve.testing import FakeWorkerDriver
 from tests.conftest import POLL_INTERVAL, eventually
 from tests.integration.conftest import Running, server_factory
 
+if TYPE_CHECKING:  # the SDK's request types, only for the checker
+    from anthropic.types import MessageParam, ToolParam
+
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 KEY = "k"
-CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
-SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-WEATHER = {"name": "get_weather", "description": "The weather in a city.", "input_schema": SCHEMA}
-ASK = [{"role": "user", "content": "Weather in Paris?"}]
+CALL: dict[str, Any] = {"name": "get_weather", "arguments": {"city": "Paris"}}
+SCHEMA: dict[str, object] = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+WEATHER: ToolParam = {
+    "name": "get_weather", "description": "The weather in a city.", "input_schema": SCHEMA
+}  # fmt: skip
+ASK: list[MessageParam] = [{"role": "user", "content": "Weather in Paris?"}]
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -92,6 +101,7 @@ def statuses(run: Running, model: str) -> list[int]:
 
 
 async def test_create_answers_and_counts_tokens_like_the_worker(tiny: Running) -> None:
+    seen = tiny.mark()
     async with client(tiny) as api:
         reply = await api.messages.create(
             model="claude-tiny", max_tokens=8, system="Be brief.", messages=ASK
@@ -116,13 +126,13 @@ async def test_create_answers_and_counts_tokens_like_the_worker(tiny: Running) -
         assert other.input_tokens > 0
     assert tiny.supervisor.workers["idle"].state.value == "stopped", "counting loads nothing"
     assert not [e for e in tiny.events if e.model == "idle"]
-    await eventually(lambda: bool(tiny.kinds("request")), what="the request event")
-    event = tiny.kinds("request")[-1]
+    event = await tiny.event("request", after=seen)
     assert event.data["endpoint"] == "/v1/messages" and event.data["status"] == 200
     assert event.data["completion_tokens"] == reply.usage.output_tokens
 
 
 async def test_stream_through_the_sdk(tiny: Running) -> None:
+    seen = tiny.mark()
     async with (
         client(tiny) as api,
         api.messages.stream(model="tiny", max_tokens=8, messages=ASK) as stream,
@@ -133,10 +143,8 @@ async def test_stream_through_the_sdk(tiny: Running) -> None:
     assert "".join(texts) == "".join(b.text for b in final.content if b.type == "text")
     assert 0 < final.usage.output_tokens <= 8
     assert final.usage.input_tokens + (final.usage.cache_read_input_tokens or 0) > 0
-    await eventually(
-        lambda: any(e.data["stream"] for e in tiny.kinds("request")), what="the request event"
-    )
-    streamed = [e for e in tiny.kinds("request") if e.data["stream"]][-1]
+    streamed = await tiny.event("request", after=seen)
+    assert streamed.data["stream"]
     assert streamed.data["endpoint"] == "/v1/messages" and streamed.data["status"] == 200
 
 
@@ -146,7 +154,7 @@ async def test_tools_are_accepted_by_the_real_worker(tiny: Running) -> None:
             model="tiny",
             max_tokens=4,
             messages=ASK,
-            tools=[WEATHER],  # type: ignore[list-item]
+            tools=[WEATHER],
             tool_choice={"type": "auto"},
             stop_sequences=["\n\n"],
             metadata={"user_id": "someone"},
@@ -157,7 +165,7 @@ async def test_tools_are_accepted_by_the_real_worker(tiny: Running) -> None:
         counted = await api.messages.count_tokens(
             model="tiny",
             messages=ASK,
-            tools=[WEATHER],  # type: ignore[list-item]
+            tools=[WEATHER],
         )
         assert counted.input_tokens > 0
 
@@ -166,7 +174,8 @@ async def test_client_mistakes_are_anthropic_errors(tiny: Running) -> None:
     async with client(tiny) as api:
         with pytest.raises(anthropic.NotFoundError) as missing:
             await api.messages.create(model="nope", max_tokens=8, messages=ASK)
-        assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+        body = missing.value.body
+        assert isinstance(body, dict) and body["error"]["type"] == "not_found_error"
         with pytest.raises(anthropic.NotFoundError):
             await api.messages.count_tokens(model="nope", messages=ASK)
         with pytest.raises(anthropic.BadRequestError) as no_max:
@@ -193,7 +202,7 @@ async def test_a_tool_call_comes_back_as_a_tool_use_block(fake: Running) -> None
             model="caller",
             max_tokens=64,
             messages=ASK,
-            tools=[WEATHER],  # type: ignore[list-item]
+            tools=[WEATHER],
         )
         assert reply.stop_reason == "tool_use"
         (block,) = reply.content
@@ -204,7 +213,7 @@ async def test_a_tool_call_comes_back_as_a_tool_use_block(fake: Running) -> None
             model="caller",
             max_tokens=64,
             messages=ASK,
-            tools=[WEATHER],  # type: ignore[list-item]
+            tools=[WEATHER],
         ) as stream:
             final = await stream.get_final_message()
     assert final.stop_reason == "tool_use"
@@ -214,7 +223,7 @@ async def test_a_tool_call_comes_back_as_a_tool_use_block(fake: Running) -> None
     assert final.usage.output_tokens > 0
 
 
-ROUND_TRIP: list[dict[str, Any]] = [
+ROUND_TRIP: list[MessageParam] = [
     {"role": "user", "content": "Weather in Paris?"},
     {
         "role": "assistant",
@@ -261,8 +270,8 @@ async def test_a_tool_round_trip_reaches_the_worker_as_openai_messages(fake: Run
             model="echo",
             max_tokens=64,
             system=[{"type": "text", "text": "You answer with tools."}],
-            messages=ROUND_TRIP,  # type: ignore[arg-type]
-            tools=[WEATHER],  # type: ignore[list-item]
+            messages=ROUND_TRIP,
+            tools=[WEATHER],
             tool_choice={"type": "tool", "name": "get_weather"},
             stop_sequences=["STOP"],
             extra_body={
@@ -337,7 +346,8 @@ async def test_a_worker_dying_mid_stream_ends_with_an_error_event(fake: Running)
     error = events[-1][1]
     assert error["type"] == "error" and error["error"]["type"] == "api_error"
     assert "crasher" in error["error"]["message"]
-    await eventually(lambda: statuses(fake, "crasher") == [502], what="the failed request's event")
+    await fake.event("request", "crasher")
+    assert statuses(fake, "crasher") == [502]
 
 
 async def test_lifecycle_errors_stay_http_errors_when_streaming(fake: Running) -> None:
@@ -365,7 +375,7 @@ async def test_pings_keep_a_slow_stream_alive(
 
 
 async def test_a_client_that_leaves_mid_stream_cancels_the_generation(fake: Running) -> None:
-    before = len(statuses(fake, "slow"))
+    seen = fake.mark()
     body = {"model": "slow", "max_tokens": 200, "stream": True, "messages": ASK}
     async with fake.http.post("/v1/messages", json=body, headers={"x-api-key": KEY}) as r:
         async for line in r.content:
@@ -373,9 +383,8 @@ async def test_a_client_that_leaves_mid_stream_cancels_the_generation(fake: Runn
                 break  # one token seen: leave
     worker = fake.supervisor.workers["slow"]
     await eventually(lambda: worker.inflight == 0, what="the worker to be released")
-    await eventually(
-        lambda: statuses(fake, "slow")[before:] == [499], what="the cancelled request's event"
-    )
+    cancelled = await fake.event("request", "slow", after=seen)
+    assert cancelled.data["status"] == 499
 
 
 async def test_count_tokens_without_tokenizer_files_is_a_clear_400(fake: Running) -> None:

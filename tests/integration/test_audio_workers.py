@@ -29,8 +29,8 @@ import pytest_asyncio
 
 from mlx_serve.tiny_models.audio import STT_TEXT, build_stt_model, build_tts_model
 from mlx_serve.workers import audio_codec
-from mlx_serve.workers.process import free_port, read_log_tail
-from tests.conftest import POLL_INTERVAL
+from mlx_serve.workers.process import end_group_sync, free_port, read_log_tail
+from tests.conftest import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -42,7 +42,7 @@ needs_ffmpeg = pytest.mark.skipif(audio_codec.ffmpeg_path() is None, reason="nee
 
 @dataclass
 class Worker:
-    proc: asyncio.subprocess.Process
+    proc: subprocess.Popen[bytes]
     url: str
     log: Path
     ready_s: float
@@ -62,39 +62,35 @@ async def launch(module: str, model: Path, log: Path, *flags: str) -> Worker:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     started = time.monotonic()
     with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=out, stderr=subprocess.STDOUT, env=env
+        proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the stop is in a thread
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     return Worker(proc, f"http://127.0.0.1:{port}", log, started, {})
 
 
 async def wait_ready(worker: Worker, http: aiohttp.ClientSession) -> None:
-    """Poll /health until it answers 200; fail with the log if the worker dies or is late."""
-    deadline = worker.ready_s + STARTUP_DEADLINE
-    while True:
-        if worker.proc.returncode is not None:
-            raise AssertionError(
-                f"worker exited with {worker.proc.returncode}:\n{read_log_tail(worker.log)}"
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(f"worker not ready in time:\n{read_log_tail(worker.log)}")
+    """Until /health answers 200; fail with the log if the worker dies or is late."""
+
+    async def healthy() -> bool:
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {worker.proc.returncode}")
         with contextlib.suppress(aiohttp.ClientConnectionError, TimeoutError):
             async with http.get(worker.url + "/health") as resp:
                 if resp.status == 200:
                     worker.health = await resp.json()
-                    worker.ready_s = time.monotonic() - worker.ready_s
-                    return
-        await asyncio.sleep(POLL_INTERVAL)
+                    return True
+        return False
+
+    try:
+        await eventually(healthy, STARTUP_DEADLINE, "the worker to answer /health")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{read_log_tail(worker.log)}") from None
+    worker.ready_s = time.monotonic() - worker.ready_s
 
 
 async def stop(worker: Worker) -> None:
-    if worker.proc.returncode is None:
-        worker.proc.terminate()
-        try:
-            await asyncio.wait_for(worker.proc.wait(), STOP_GRACE)
-        except TimeoutError:
-            worker.proc.kill()
-            await worker.proc.wait()
+    """SIGTERM the worker's process group, SIGKILL it after the grace, reap."""
+    await asyncio.to_thread(end_group_sync, worker.proc, STOP_GRACE)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

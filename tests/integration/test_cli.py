@@ -37,6 +37,7 @@ from mlx_serve.supervisor.events import ModelLoaded, Swap, WorkerCrashed
 from mlx_serve.testing.fake_hub import FakeHub
 from mlx_serve.tiny_models import build_text_model
 from mlx_serve.workers.process import free_port
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -44,17 +45,7 @@ CLI = [sys.executable, "-m", "mlx_serve.cli.main"]
 API_KEY = "sekret"
 LONG_NAME = "tiny-with-a-model-name-far-too-long-for-an-80-column-table"
 HUB_REPO = "mlx-serve-test/tiny"
-#: Poll interval while waiting for a condition (always with a deadline).
-POLL = 0.05
 NOT_RUNNING = "(start it with `mlx-serve start` or `mlx-serve service install`)"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(POLL)
 
 
 def cli_env(home: Path, config: Path, **extra: str) -> dict[str, str]:

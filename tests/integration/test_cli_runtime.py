@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -26,20 +26,12 @@ from mlx_serve import __version__
 from mlx_serve.pidfile import pid_path
 from mlx_serve.runtime_file import POINTER_DIR, RuntimeInfo, read_runtime, runtime_path
 from mlx_serve.workers.process import free_port
-from tests.conftest import POLL_INTERVAL
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "mlx_serve.cli.main"]
 BROKEN_YAML = "server:\n  port: [18000\nmodels: {}\n"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(POLL_INTERVAL)
 
 
 def user_env(home: Path) -> dict[str, str]:

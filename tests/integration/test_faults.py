@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from mlx_serve.config import ModelType
 from mlx_serve.testing import FakeWorkerDriver
-from tests.conftest import eventually
+from tests.conftest import eventually, state_is
 from tests.integration.conftest import StartServer
 
 pytestmark = pytest.mark.slow
@@ -153,7 +154,7 @@ async def test_crash_while_idle_is_noticed_without_a_request(start_server: Start
     pid, port = run.supervisor.workers["m"].pid, run.supervisor.workers["m"].port
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    await eventually(lambda: run.kinds("worker.crashed") != [], what="crash event")
+    await run.event("worker.crashed", "m")
     assert run.supervisor.workers["m"].state.value == "failed"
     crash = run.kinds("worker.crashed")[0].data
     # Why, from the exit status: a signal says nothing in the log, so the log's last line
@@ -181,8 +182,8 @@ async def test_a_wedged_worker_is_found_by_the_liveness_probe_and_restarted(
     assert status == 200
     worker = run.supervisor.workers["wedge"]
     first = worker.pid
-    await eventually(lambda: run.kinds("worker.unresponsive") != [], what="the wedge noticed")
-    await eventually(lambda: worker.state.value == "failed", what="killed")
+    await run.event("worker.unresponsive", "wedge")
+    await run.event("worker.state", "wedge", where=state_is("failed"))  # killed
     assert "stopped answering" in (worker.last_error or "")
     status, _ = await run.chat("wedge")
     assert status == 200 and worker.pid not in (None, first)
@@ -209,9 +210,10 @@ async def test_an_unwritable_data_dir_costs_logs_not_requests(
     sinks = [s for s in run.supervisor.events._listeners if isinstance(s, EventLogFile)]
     assert sinks and sinks[0]._handler is not None
     handler = sinks[0]._handler
+    assert isinstance(handler, logging.StreamHandler)  # a rotating file handler
     with handler.lock or contextlib.nullcontext():  # the event log's writer thread uses it
-        handler.stream.close()  # type: ignore[attr-defined]
-        handler.stream = open("/dev/full", "w")  # type: ignore[attr-defined] # noqa: ASYNC230, PTH123, SIM115
+        handler.stream.close()
+        handler.stream = open("/dev/full", "w")  # noqa: ASYNC230, PTH123, SIM115
 
     for model in ("a", "b", "a"):  # two swaps: three worker starts without a log directory
         status, body = await run.chat(model, max_tokens=2)
@@ -234,12 +236,13 @@ async def test_a_worker_port_taken_meanwhile_is_retried_on_a_fresh_port(
     import socket
 
     import mlx_serve.supervisor.worker as worker_module
+    from mlx_serve.workers import process
 
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     taken = squatter.getsockname()[1]
-    real = worker_module.free_port
+    real = process.free_port
     ports = iter([taken])
     monkeypatch.setattr(
         worker_module, "free_port", lambda host="127.0.0.1": next(ports, None) or real(host)

@@ -11,7 +11,7 @@ import contextlib
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import openai
@@ -25,6 +25,12 @@ from mlx_serve.tiny_models.embedding import embedding_model_dir
 from mlx_serve.tiny_models.vision import build_vision_model
 from tests.conftest import eventually
 from tests.integration.conftest import Running, StartServer, cli_server
+
+if TYPE_CHECKING:  # the SDK's request types, only for the checker
+    from openai.types.chat import (
+        ChatCompletionContentPartImageParam,
+        ChatCompletionContentPartTextParam,
+    )
 
 pytestmark = pytest.mark.slow
 
@@ -85,8 +91,10 @@ async def test_every_type_with_the_openai_sdk(
         assert isinstance(chat.choices[0].message.content, str)
 
         # vision: one image, then two, then streamed
-        image = {"type": "image_url", "image_url": {"url": png_data_url()}}
-        text = {"type": "text", "text": "What color is this?"}
+        image: ChatCompletionContentPartImageParam = {
+            "type": "image_url", "image_url": {"url": png_data_url()}
+        }  # fmt: skip
+        text: ChatCompletionContentPartTextParam = {"type": "text", "text": "What color is this?"}
         seen = await client.chat.completions.create(
             model="see", messages=[{"role": "user", "content": [text, image]}], max_tokens=4
         )

@@ -55,6 +55,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -961,7 +962,7 @@ def multipart_requests(draw: st.DrawFn) -> Request:
             body += part.value + b"\r\n"
         body += b"--" + boundary + b"--\r\n"
         quoted = draw(st.booleans())
-        content_type = b"multipart/form-data; boundary=" + (
+        content_type: bytes | None = b"multipart/form-data; boundary=" + (
             b'"' + boundary + b'"' if quoted else boundary
         )
         endpoint = draw(st.sampled_from(["/v1/audio/transcriptions", "/v1/audio/translations"]))
@@ -1089,14 +1090,14 @@ def management_requests(draw: st.DrawFn) -> Request:
         else draw(st.sampled_from([b"text/plain", b"application/jsonx", b"", None]))
     )
     if draw(st.integers(0, 2)) == 0:
-        body = draw(
+        pull = draw(
             st.fixed_dictionaries(
                 {}, optional={"model": REPO_IDS, "name": REPO_IDS, "revision": REVISIONS}
             )
             | JSON_VALUES
         )
         query = draw(st.sampled_from(["", "", "?stream=true", "?insecure=1"]))
-        return Request("POST", "/api/pull" + query, json.dumps(body).encode(), content_type)
+        return Request("POST", "/api/pull" + query, json.dumps(pull).encode(), content_type)
     op = draw(st.sampled_from(["load", "unload"]))
     name = draw(URL_NAMES)
     path = url_path("/api/models/", name, "/" + op, draw(st.sampled_from(["", "/:@"])))
@@ -1172,7 +1173,9 @@ def chunked_sometimes(requests: st.SearchStrategy[Request]) -> st.SearchStrategy
 
 #: Any JSON value, with the empty and unhashable ones (a list or object where a string is
 #: looked up in a table) and the other edge values at a higher rate.
-WRONG = JSON_VALUES | st.sampled_from([None, [], {}, [[]], [{}], {"": {}}, "", 0, -1, True, 1.5])
+WRONG: st.SearchStrategy[Any] = JSON_VALUES | st.sampled_from(
+    [None, [], {}, [[]], [{}], {"": {}}, "", 0, -1, True, 1.5]
+)
 
 
 def weighted(*options: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
@@ -1199,6 +1202,12 @@ def one_in(n: int) -> st.SearchStrategy[bool]:
     return st.sampled_from([False] * (n - 1) + [True])
 
 
+def chance(draw: st.DrawFn, n: int) -> bool:
+    """``draw(one_in(n))``, typed on its own (after ``x and``, the checker would take the type
+    ``draw`` returns from ``x``)."""
+    return draw(one_in(n))
+
+
 @st.composite
 def objects(
     draw: st.DrawFn,
@@ -1208,7 +1217,7 @@ def objects(
     """An object with its ``required`` keys (one of them left out one time in sixteen) and
     some of its ``optional`` ones."""
     obj: dict[str, Any] = draw(st.fixed_dictionaries(required, optional=optional or {}))
-    if required and draw(one_in(16)):
+    if required and chance(draw, 16):
         del obj[draw(st.sampled_from(sorted(required)))]
     return obj
 
@@ -1244,7 +1253,7 @@ def mutated_bodies(
         chosen = draw(st.lists(st.sampled_from(names), max_size=4, unique=True))
     for name in chosen:
         body[name] = draw(fields[name])
-    if body and draw(one_in(15)):
+    if body and chance(draw, 15):
         del body[draw(st.sampled_from(sorted(body)))]
     if draw(one_in(5)):
         body.update(draw(st.dictionaries(st.text(max_size=8), WRONG, max_size=2)))
@@ -2279,7 +2288,10 @@ def point_mutations(draw: st.DrawFn, prefix: str) -> Request:
             parent.pop(key)
         else:
             empty = st.sampled_from(["", [], {}])
-            parent[key] = draw(REPLACEMENTS if action == "replace" else empty)
+            # A copy: strategies hand out the same list or dict every time they draw it, and
+            # a second round would mutate it inside them (then the next draws differ, which
+            # hypothesis reports as a flaky strategy).
+            parent[key] = copy.deepcopy(draw(REPLACEMENTS if action == "replace" else empty))
         if not json_paths(body):
             break
     if "stream" in body and draw(one_in(4)):
@@ -2606,7 +2618,7 @@ def _fake_model_server(argv: list[str] | None = None) -> None:
     )
     rerank_args = argparse.Namespace(model=args.model, max_documents=8)
     # The real one imports mlx_whisper's tokenizer (3 s) to check a language name.
-    stt_server._language_code = lambda value: value  # type: ignore[assignment]
+    stt_server._language_code = lambda value: value
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "model": args.model, "pid": os.getpid()})

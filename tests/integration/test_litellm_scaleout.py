@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import shutil
 import signal
@@ -42,7 +43,13 @@ from tests.integration.conftest import Running, server_factory
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.asyncio(loop_scope="module"),
+    # litellm's Router runs blocking work on the loop it is called from (it builds pydantic
+    # schemas on first use, ~0.2-2 s): the client's stalls, not the server's.
+    pytest.mark.loop_block_ok("litellm's Router builds pydantic schemas on the caller's loop"),
+]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ROUTER_CONFIG = EXAMPLES / "litellm-router.yaml"
@@ -237,6 +244,9 @@ async def hosts(
     ``qwen``, with a key of its own. The proxy in front of ``a`` starts first: it takes
     seconds, and the servers start meanwhile."""
     workdir = tmp_path_factory.mktemp("scaleout")
+    # Imported here, not in the tests: litellm's import takes seconds of the event loop
+    # (the loop-block guard watches test bodies, not fixtures), and is too slow for collection.
+    await asyncio.to_thread(importlib.import_module, "litellm.router")
     port_a = free_port()
     proxy = await start_proxy(workdir, f"http://127.0.0.1:{port_a}", KEYS["a"])
     try:

@@ -26,7 +26,7 @@ async def test_foreign_pages_change_nothing(
 ) -> None:
     run = await server(start_server, tiny_models)
     evil = {"Origin": "https://evil.example"}
-    attempts = [
+    attempts: list[tuple[str, str, dict[str, Any]]] = [
         ("POST", "/v1/chat/completions", {"data": str(CHAT), "headers": {**evil,
             "Content-Type": "text/plain"}}),
         ("POST", "/api/models/a/load", {"json": {}, "headers": evil}),
@@ -115,7 +115,8 @@ async def test_management_calls_must_be_json(
     start_server: StartServer, tiny_models: dict[str, Path]
 ) -> None:
     run = await server(start_server, tiny_models)
-    for kw in ({}, {"data": "x", "headers": {"Content-Type": "text/plain"}}):
+    attempts: list[dict[str, Any]] = [{}, {"data": "x", "headers": {"Content-Type": "text/plain"}}]
+    for kw in attempts:
         async with run.http.post("/api/models/a/load", **kw) as r:
             body = await r.json()
             assert r.status == 415, body

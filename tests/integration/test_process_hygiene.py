@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -41,30 +38,8 @@ async def server(tmp_path: Path, tiny_models: dict[str, Path]) -> AsyncIterator[
         f"models:\n  tiny: {{path: {tiny_models['a']}}}\n"
     )
     log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(  # noqa: ASYNC220 - Popen returns at once; waits go to threads
-            [sys.executable, "-m", "mlx_serve.cli.main", "start", "--config", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "MLX_SERVE_HOME": str(tmp_path)},
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def listening() -> bool:
-        if proc.poll() is not None:
-            return True  # exited: the assertion below shows its log
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    await eventually(listening, timeout=60, what="mlx-serve start to listen")
-    assert proc.poll() is None, log.read_text()
-    yield ServerProcess(proc, url, log)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    async with cli_server(config, port, tmp_path, log) as proc:
+        yield ServerProcess(proc, f"http://127.0.0.1:{port}", log)
 
 
 async def load_model(server: ServerProcess) -> list[psutil.Process]:

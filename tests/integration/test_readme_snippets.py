@@ -41,11 +41,12 @@ def test_the_readme_has_a_snippet_per_dialect() -> None:
 async def test_readme_snippets_run(
     start_server: StartServer, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
+    reranker = await asyncio.to_thread(build_rerank_model, tmp_path / "r")  # ~1 s of CPU
     run = await start_server(
         {
             "qwen": {"type": "text", "path": str(tiny_models["a"])},
             "minilm": {"type": "embedding", "path": str(embedding_model_dir())},
-            "reranker": {"type": "rerank", "path": str(build_rerank_model(tmp_path / "r"))},
+            "reranker": {"type": "rerank", "path": str(reranker)},
         },
         max_loaded_models=1,
     )

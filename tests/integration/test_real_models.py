@@ -9,6 +9,7 @@ truly cannot be had, and then say what to install.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -128,7 +129,9 @@ async def test_served_text_equals_mlx_lm_directly(
             max_tokens=MAX_TOKENS,
             temperature=0,
         )
-    assert reply.choices[0].message.content == direct_chat(real_models["chat"])
+    assert reply.choices[0].message.content == await asyncio.to_thread(
+        direct_chat, real_models["chat"]
+    )
 
 
 async def test_every_dialect_gets_the_answer(run: Running) -> None:
@@ -180,7 +183,7 @@ async def test_a_real_transcription(run: Running, real_models: dict[str, Path]) 
     words = [w.strip(".,!?").lower() for w in result.text.split()]
     heard = [w for w in SPOKEN if w in words]
     assert len(heard) >= 7, result.text
-    assert result.text.strip() == direct_transcript(real_models["whisper"])
+    assert result.text.strip() == await asyncio.to_thread(direct_transcript, real_models["whisper"])
 
 
 async def test_the_models_show_real_sizes(run: Running) -> None:

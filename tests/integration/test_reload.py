@@ -29,8 +29,8 @@ def write(path: Path, models: dict[str, Any], **server: Any) -> None:
 
 
 async def next_reload(run: Running, after: int) -> Event:
-    await eventually(lambda: len(run.kinds("config.reload")) > after, timeout=15, what="a reload")
-    return run.kinds("config.reload")[after]
+    """The reload after the first ``after`` ones (waiting for it if need be)."""
+    return await run.event("config.reload", count=after + 1, timeout=15)
 
 
 async def test_file_edits_apply_without_touching_unchanged_models(

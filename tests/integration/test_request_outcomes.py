@@ -81,7 +81,7 @@ async def test_a_cold_start_is_load_time_not_ttft(start_server: StartServer) -> 
     status, body = await run.chat("n", max_tokens=10)  # not streamed: the answer at once
     assert status == 200, body
 
-    await eventually(lambda: len(requests_of(run)) == 2, what="two request events")
+    await run.event("request", count=2)
     streamed, whole = (e.data for e in requests_of(run))
     for data in (streamed, whole):
         # The load (the fake's 0.5 s plus starting a process) is reported as such...
@@ -97,7 +97,7 @@ async def test_a_cold_start_is_load_time_not_ttft(start_server: StartServer) -> 
 
     # Warm: no load time.
     assert (await run.chat("n", max_tokens=10))[0] == 200
-    await eventually(lambda: len(requests_of(run)) == 3, what="the warm request's event")
+    await run.event("request", count=3)
     assert requests_of(run)[-1].data["load_s"] == 0.0
 
     models = {m["name"]: m["metrics"] for m in (await stats(run))["models"]}
@@ -184,7 +184,7 @@ async def test_every_refusal_is_counted_once(start_server: StartServer) -> None:
     assert status == 503 and body["error"]["code"] == "model_unavailable"
     status, _ = await post("/v1/messages", {"model": "a", "max_tokens": 2, "messages": MSGS})
     assert status == 200
-    await eventually(lambda: len(requests_of(run)) == len(refusals) + 3, what="three events")
+    await run.event("request", count=len(refusals) + 3)
     assert [(e.model, e.data["status"], e.data["code"]) for e in requests_of(run)[-3:]] == [
         ("a", 200, None),
         ("broken", 503, "model_unavailable"),
@@ -215,7 +215,7 @@ async def test_every_refusal_is_counted_once(start_server: StartServer) -> None:
 async def test_polling_counts_nothing(start_server: StartServer) -> None:
     run = await start_server({"a": fake()}, drivers=FAKE)
     assert (await run.chat("a", max_tokens=2))[0] == 200
-    await eventually(lambda: len(requests_of(run)) == 1, what="the chat's event")
+    await run.event("request", count=1)
     before = await metrics(run)
     for _ in range(3):
         for path in ("/v1/models", "/v1/models/a", "/api/stats", "/api/models", "/health",
@@ -229,7 +229,7 @@ async def test_polling_counts_nothing(start_server: StartServer) -> None:
     # An unknown route is an error, counted under a fixed label (never the path).
     async with run.http.get("/v1/nothing/here") as r:
         assert r.status == 404
-    await eventually(lambda: len(requests_of(run)) == 2, what="the 404's event")
+    await run.event("request", count=2)
     assert requests_of(run)[-1].data["endpoint"] == "unmatched"
 
 
@@ -242,7 +242,7 @@ async def test_crashes_failed_starts_and_rejected_reloads_are_warnings(
     pid = run.supervisor.workers["a"].pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    await eventually(lambda: bool(run.kinds("worker.crashed")), what="the crash noticed")
+    await run.event("worker.crashed")
     assert (await run.chat("broken"))[0] == 503
 
     source = run.supervisor.config.source

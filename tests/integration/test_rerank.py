@@ -22,9 +22,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from mlx_serve.config import ModelType
 from mlx_serve.tiny_models.rerank import build_rerank_model
-from tests.conftest import eventually
 from tests.integration.conftest import Running, StartServer, server_factory
 
 pytestmark = pytest.mark.slow
@@ -239,9 +237,11 @@ async def test_litellm_rerank_clients(run: Running) -> None:
 @pytest.mark.asyncio(loop_scope="module")
 async def test_keep_alive_zero_unloads_after_the_request(run: Running) -> None:
     body = {"model": "rr", "query": QUERY, "documents": TEXTS[:2], "keep_alive": 0}
+    seen = run.mark()
     status, answer = await rerank(run, body)
     assert status == 200, answer
-    await eventually(lambda: run.supervisor.loaded() == [], timeout=30, what="rr to unload")
+    await run.event("model.unloaded", "rr", after=seen, timeout=30)
+    assert run.supervisor.loaded() == []
     assert run.supervisor.workers["rr"].pid is None
 
 
@@ -254,12 +254,7 @@ async def test_a_prewarmed_spare_becomes_the_rerank_worker(
         startup_timeout="120s",
     )
 
-    def ready_spare() -> int | None:
-        spare = spare_run.supervisor.spares.spares.get(ModelType.RERANK)
-        return spare.proc.pid if spare is not None and spare.ready else None
-
-    await eventually(lambda: ready_spare() is not None, 90, "a rerank spare")
-    pid = ready_spare()
+    pid = (await spare_run.event("spare.ready", "rerank", timeout=90)).data["pid"]
     status, answer = await rerank(
         spare_run, {"model": "rr", "query": QUERY, "documents": TEXTS[:3]}
     )

@@ -108,8 +108,9 @@ async def test_voice_turns_under_a_budget(
 
     # 2. A budget that fits any two but not three: the least recently used idle one goes.
     budget = sum(sizes.values()) - min(sizes.values()) // 2
+    seen = run.mark()
     await reload_with_budget(run, str(budget))
-    await eventually(lambda: len(resident(run)) == 2, timeout=30, what="one model given back")
+    await run.event("model.unloaded", after=seen, timeout=30)  # one model given back
     assert resident(run) == {"chat", "speak"}, "hear was the least recently used"
     assert run.kinds("model.evicted")[-1].data["reason"] == "over_budget"
 

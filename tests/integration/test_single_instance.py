@@ -6,6 +6,7 @@ a user does; the data dir is ``$MLX_SERVE_HOME``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -122,7 +123,8 @@ async def test_two_starts_on_one_data_dir(tmp_path: Path) -> None:
         assert listens(ports[1 - loser_i]) and not listens(ports[loser_i])
 
         # A detached start is refused the same way, before it spawns anything.
-        detached = subprocess.run(  # noqa: ASYNC221 - a short-lived command
+        detached = await asyncio.to_thread(
+            subprocess.run,
             [*CLI, "start", "--detach", "--config", str(configs[loser_i])],
             env=env_for(home),
             capture_output=True,
@@ -155,7 +157,7 @@ async def test_two_starts_on_one_data_dir(tmp_path: Path) -> None:
     assert not runtime_path(home).exists(), "removed when the server stopped"
 
 
-async def test_port_in_use(tmp_path: Path) -> None:
+def test_port_in_use(tmp_path: Path) -> None:
     """Something else listens on the port: exit 1 with the reason, no pid file, no worker
     (not even a preloaded model's or a prewarmed spare), and the lock is free again."""
     home = tmp_path / "home"
@@ -168,7 +170,7 @@ async def test_port_in_use(tmp_path: Path) -> None:
             port=port,
             prewarm=True,
         )
-        result = subprocess.run(  # noqa: ASYNC221 - a short-lived command
+        result = subprocess.run(
             [*CLI, "start", "--config", str(config)],
             env=env_for(home),
             capture_output=True,

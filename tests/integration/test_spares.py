@@ -16,7 +16,6 @@ import pytest
 
 from mlx_serve.config import ModelType
 from mlx_serve.tiny_models.embedding import embedding_model_dir
-from tests.conftest import eventually
 from tests.integration.conftest import Running, StartServer
 
 pytestmark = pytest.mark.slow
@@ -25,6 +24,12 @@ pytestmark = pytest.mark.slow
 def ready_spare(run: Running, kind: ModelType) -> int | None:
     spare = run.supervisor.spares.spares.get(kind)
     return spare.proc.pid if spare is not None and spare.ready else None
+
+
+async def spare_ready(run: Running, kind: str, nth: int, timeout: float = 60) -> int:
+    """The pid of the ``nth`` spare of ``kind`` to become ready (waiting for it)."""
+    event = await run.event("spare.ready", kind, count=nth, timeout=timeout)
+    return int(event.data["pid"])
 
 
 async def stats(run: Running) -> dict[str, Any]:
@@ -43,8 +48,7 @@ async def test_text_spares_are_adopted_replaced_and_never_listed_as_models(
         "flagged": {"type": "text", "path": str(tiny_models["a"]), "args": {"max_tokens": 64}},
     }
     run = await start_server(models, prewarm=True, startup_timeout="120s")
-    await eventually(lambda: ready_spare(run, ModelType.TEXT) is not None, 60, "a text spare")
-    first = ready_spare(run, ModelType.TEXT)
+    first = await spare_ready(run, "text", 1)
 
     # A spare is not a model: nothing is loaded, /v1/models lists it apart.
     async with run.http.get("/v1/models") as r:
@@ -65,10 +69,8 @@ async def test_text_spares_are_adopted_replaced_and_never_listed_as_models(
     assert loaded.data["spare"] is True and loaded.data["pid"] == first
 
     # ...and a new spare replaces it once the load is done.
-    await eventually(
-        lambda: ready_spare(run, ModelType.TEXT) not in (None, first), 60, "a replacement spare"
-    )
-    second = ready_spare(run, ModelType.TEXT)
+    second = await spare_ready(run, "text", 2)
+    assert second != first
 
     # A swap adopts the replacement.
     status, answer = await run.chat("b", max_tokens=3)
@@ -78,22 +80,17 @@ async def test_text_spares_are_adopted_replaced_and_never_listed_as_models(
     assert run.supervisor.workers["a"].pid is None  # swapped out, one at a time as always
 
     # A spare that dies costs no request: the next load starts cold (or on a new spare).
-    await eventually(
-        lambda: ready_spare(run, ModelType.TEXT) not in (None, second), 60, "a third spare"
-    )
-    third = ready_spare(run, ModelType.TEXT)
-    assert third is not None
+    third = await spare_ready(run, "text", 3)
+    assert third not in (first, second)
     os.kill(third, signal.SIGKILL)
-    await eventually(
-        lambda: ready_spare(run, ModelType.TEXT) != third, 10, "the dead spare to be dropped"
-    )
+    await run.event("spare.failed", "text")  # the dead spare is dropped
+    assert ready_spare(run, ModelType.TEXT) != third
     status, answer = await run.chat("a", max_tokens=3)
     assert status == 200, answer
     assert run.kinds("spare.failed"), "the spare's death was reported"
 
     # A model started with its own flags cannot use a flag-less spare: it starts cold.
-    await eventually(lambda: ready_spare(run, ModelType.TEXT) is not None, 60, "a spare again")
-    spare = ready_spare(run, ModelType.TEXT)
+    spare = await spare_ready(run, "text", 4)
     status, answer = await run.chat("flagged", max_tokens=3)
     assert status == 200, answer
     loaded = run.kinds("model.loaded")[-1]
@@ -109,9 +106,8 @@ async def test_embedding_spare_loads_the_model_it_is_given(
         "embed": {"type": "embedding", "path": str(embedding_model_dir())},
     }
     run = await start_server(models, prewarm=["embedding"], startup_timeout="120s")
-    await eventually(lambda: ready_spare(run, ModelType.EMBEDDING) is not None, 90, "a spare")
+    spare = await spare_ready(run, "embedding", 1, timeout=90)
     assert ready_spare(run, ModelType.TEXT) is None, "only the kinds asked for"
-    spare = ready_spare(run, ModelType.EMBEDDING)
     async with run.http.post("/v1/embeddings", json={"model": "embed", "input": "cat"}) as r:
         body = await r.json()
         assert r.status == 200, body

@@ -12,7 +12,6 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import eventually
 from tests.integration.conftest import Running, StartServer
 
 pytestmark = pytest.mark.slow
@@ -135,11 +134,12 @@ async def test_keep_alive_and_idle_timeout(
     assert (await run.chat("model-a", max_tokens=2, keep_alive=-1))[0] == 200
     # no keep_alive: unloaded by the 300 ms idle timeout.
     assert (await run.chat("model-b", max_tokens=2))[0] == 200
-    await eventually(lambda: "model-b" not in loaded(run), what="idle unload of model-b")
+    await run.event("model.unloaded", "model-b")  # by the idle timeout
     assert loaded(run) == ["model-a"], "keep_alive -1 must survive the idle timeout"
     # keep_alive 0: unloaded as soon as the request is done.
     assert (await run.chat("model-a", max_tokens=2, keep_alive=0))[0] == 200
-    await eventually(lambda: not loaded(run), what="keep_alive 0 unload")
+    await run.event("model.unloaded", "model-a")
+    assert not loaded(run)
     reasons = [e.data["reason"] for e in run.kinds("model.unloaded")]
     assert reasons == ["idle", "idle"]
 
@@ -165,8 +165,7 @@ async def test_worker_killed_mid_stream_gives_a_clean_error_then_recovers(
     assert lines[-1] != b"[DONE]"
     error = json.loads(lines[-1])["error"]
     assert error["code"] == "worker_died" and "model-a" in error["message"]
-    await eventually(lambda: worker.state.value == "failed", what="crash noticed")
-    crash = run.kinds("worker.crashed")[0]
+    crash = await run.event("worker.crashed", "model-a")
     assert crash.data["exit_code"] == -signal.SIGKILL
     status, data = await run.chat("model-a", max_tokens=2)
     assert status == 200, data

@@ -13,7 +13,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
@@ -23,9 +23,13 @@ from mlx_serve.config import ModelType
 from mlx_serve.testing import FakeWorkerDriver
 from tests.integration.conftest import Running, StartServer, server_factory
 
+if TYPE_CHECKING:  # the SDK's request types (names of recent SDKs; only for the checker)
+    from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
+    from openai.types.shared_params import ResponseFormatJSONSchema
+
 pytestmark = pytest.mark.slow
 
-WEATHER_TOOL = {
+WEATHER_TOOL: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -38,7 +42,7 @@ WEATHER_TOOL = {
     },
 }
 CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
-SCHEMA_FORMAT = {
+SCHEMA_FORMAT: ResponseFormatJSONSchema = {
     "type": "json_schema",
     "json_schema": {
         "name": "answer",
@@ -46,7 +50,7 @@ SCHEMA_FORMAT = {
         "strict": True,
     },
 }
-CONVERSATION: list[dict[str, Any]] = [
+CONVERSATION: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You answer with tools."},
     {"role": "user", "content": "Weather in Paris?"},
     {
@@ -90,10 +94,10 @@ async def test_tools_tool_choice_and_response_format_reach_the_worker_intact(
     async with client(fake_run) as api:
         reply = await api.chat.completions.create(
             model="echo",
-            messages=CONVERSATION,  # type: ignore[arg-type]
-            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            messages=CONVERSATION,
+            tools=[WEATHER_TOOL],
             tool_choice={"type": "function", "function": {"name": "get_weather"}},
-            response_format=SCHEMA_FORMAT,  # type: ignore[arg-type]
+            response_format=SCHEMA_FORMAT,
         )
     received = json.loads(reply.choices[0].message.content or "")
     assert received["tools"] == [WEATHER_TOOL]
@@ -108,21 +112,22 @@ async def test_a_tool_call_comes_back_in_openai_shape(fake_run: Running) -> None
         reply = await api.chat.completions.create(
             model="caller",
             messages=[{"role": "user", "content": "Weather in Paris?"}],
-            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            tools=[WEATHER_TOOL],
         )
         choice = reply.choices[0]
         assert choice.finish_reason == "tool_calls"
         calls = choice.message.tool_calls or []
-        assert len(calls) == 1 and calls[0].type == "function"
-        assert calls[0].function.name == "get_weather"  # type: ignore[union-attr]
-        assert json.loads(calls[0].function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+        assert len(calls) == 1
+        assert calls[0].type == "function"
+        assert calls[0].function.name == "get_weather"
+        assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
         assert reply.model == "caller"
 
         # Streamed: the SDK's accumulator rebuilds the same call from the deltas.
         async with api.chat.completions.stream(
             model="caller",
             messages=[{"role": "user", "content": "Weather in Paris?"}],
-            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            tools=[WEATHER_TOOL],
         ) as stream:
             async for _ in stream:
                 pass
@@ -130,8 +135,9 @@ async def test_a_tool_call_comes_back_in_openai_shape(fake_run: Running) -> None
         streamed = final.choices[0]
         assert streamed.finish_reason == "tool_calls"
         call = (streamed.message.tool_calls or [])[0]
-        assert call.function.name == "get_weather"  # type: ignore[union-attr]
-        assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+        assert call.type == "function"
+        assert call.function.name == "get_weather"
+        assert json.loads(call.function.arguments) == {"city": "Paris"}
 
 
 @pytest.mark.asyncio(loop_scope="module")

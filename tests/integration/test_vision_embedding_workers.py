@@ -9,7 +9,6 @@ the router has to guard against (remote URLs, local paths, non-image data URLs).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -32,16 +31,15 @@ from mlx_serve.tiny_models.embedding import embedding_model_dir
 from mlx_serve.tiny_models.vision import build_vision_model
 from mlx_serve.workers.base import LaunchContext, WorkerDriver
 from mlx_serve.workers.process import (
-    SIGKILL,
-    SIGTERM,
     SubprocessLauncher,
     WorkerProcess,
+    end_group,
     free_port,
     read_log_tail,
 )
 from mlx_serve.workers.registry import default_drivers
 from mlx_serve.workers.vision import VisionDriver
-from tests.conftest import POLL_INTERVAL
+from tests.conftest import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -82,30 +80,24 @@ async def start_worker(
     started = time.monotonic()
     proc = await SubprocessLauncher().launch(driver.launch_spec(ctx))
     url = f"http://127.0.0.1:{port}"
-    deadline = started + STARTUP_DEADLINE
-    while True:
+
+    async def ready() -> tuple[dict[str, Any]] | None:
         if proc.returncode is not None:
-            raise AssertionError(f"worker exited with {proc.returncode}:\n{read_log_tail(log)}")
-        if time.monotonic() > deadline:
-            await stop_worker(proc)
-            raise AssertionError(
-                f"worker not ready after {STARTUP_DEADLINE}s:\n{read_log_tail(log)}"
-            )
+            raise AssertionError(f"worker exited with {proc.returncode}")
         details = await driver.probe(http, url, model, timeout=10)
-        if details is not None:
-            return Worker(proc, url, model, log, time.monotonic() - started, details, http)
-        await asyncio.sleep(POLL_INTERVAL)
+        return None if details is None else (details,)  # ({},): ready, nothing to tell
+
+    try:
+        (details,) = await eventually(ready, STARTUP_DEADLINE, "the worker to answer its probe")
+    except AssertionError as exc:
+        await stop_worker(proc)
+        raise AssertionError(f"{exc}:\n{read_log_tail(log)}") from None
+    return Worker(proc, url, model, log, time.monotonic() - started, details, http)
 
 
 async def stop_worker(proc: WorkerProcess) -> None:
-    """SIGTERM the process group, SIGKILL it after a grace period."""
-    proc.signal_group(SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), STOP_GRACE)
-    except TimeoutError:
-        proc.signal_group(SIGKILL)
-        await proc.wait()
-    proc.signal_group(SIGKILL)  # anything it forked that ignored SIGTERM
+    """SIGTERM the process group, SIGKILL it after a grace period (and whatever it forked)."""
+    await end_group(proc, STOP_GRACE)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

@@ -221,7 +221,7 @@ def test_settings_use_the_runtime_file_only_when_the_server_answers(
 def test_the_exit_code_table_covers_every_code_once() -> None:
     codes = [code for code, _ in TABLE]
     assert codes == sorted(codes) and set(codes) == set(ExitCode)
-    assert ExitCode.NOT_INSTALLED != ExitCode.UNAUTHORIZED
+    assert int(ExitCode.NOT_INSTALLED) != int(ExitCode.UNAUTHORIZED)
     help_text = " ".join(CliRunner().invoke(app, ["--help"]).stdout.split())
     assert "Exit codes:" in help_text
     for line in table_text().splitlines():

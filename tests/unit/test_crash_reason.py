@@ -12,11 +12,10 @@ import pytest
 
 from mlx_serve.config import Config, ModelConfig, ModelType
 from mlx_serve.supervisor import Supervisor, WorkerStartError
-from mlx_serve.supervisor.states import WorkerState as S
 from mlx_serve.supervisor.worker import crash_reason
 from mlx_serve.testing import FakeClock, FakeLauncher, InstantDriver
 from mlx_serve.workers.process import describe_exit, exit_signal, read_log_tail, relevant_tail
-from tests.conftest import eventually
+from tests.conftest import eventually, state_is, wait_event
 
 ACCESS = '127.0.0.1 - - [01/Mar/2025 10:00:0{i}] "POST /v1/chat/completions HTTP/1.1" 200 -'
 UVICORN = 'INFO:     127.0.0.1:5{i}000 - "POST /v1/chat/completions HTTP/1.1" 200 OK'
@@ -117,7 +116,7 @@ async def test_a_worker_killed_by_sigkill_says_so(sup: tuple[Supervisor, FakeLau
     with worker.log_path.open("a") as log:  # what a real worker leaves: noise at the end
         log.write("model loaded\n" + "\n".join(ACCESS.format(i=i) for i in range(8)) + "\n\n")
     launcher.launched[0].exit(-9)
-    await eventually(lambda: worker.state is S.FAILED, what="the crash noticed")
+    await wait_event(supervisor.events, "worker.state", "m", where=state_is("failed"))
     (event,) = crashes(supervisor)
     assert event["reason"].startswith("the worker was killed by SIGKILL")
     assert (event["signal"], event["exit_code"]) == ("SIGKILL", -9)
@@ -134,7 +133,7 @@ async def test_a_worker_that_exits_names_its_code(sup: tuple[Supervisor, FakeLau
     with supervisor.workers["m"].log_path.open("a") as log:
         log.write(TRACEBACK + "\n" + ACCESS.format(i=1) + "\n")
     launcher.launched[0].exit(1)
-    await eventually(lambda: crashes(supervisor) != [], what="the crash event")
+    await wait_event(supervisor.events, "worker.crashed", "m")
     (event,) = crashes(supervisor)
     assert event["reason"] == "the worker exited with code 1" and event["signal"] is None
     assert event["log_tail"].endswith("FileNotFoundError: No safetensors found in /models/x")

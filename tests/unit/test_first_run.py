@@ -22,7 +22,7 @@ from mlx_serve.supervisor import ShuttingDown, Supervisor, WorkerStartError
 from mlx_serve.supervisor.states import WorkerState as S
 from mlx_serve.supervisor.worker import ModelFilesMissing
 from mlx_serve.testing import FakeClock, FakeLauncher, InstantDriver, cache_snapshot
-from tests.conftest import eventually
+from tests.conftest import eventually, wait_event
 
 MODEL_FILES = {"config.json": b'{"model_type": "llama"}', "model.safetensors": b"\0" * 200}
 
@@ -89,6 +89,12 @@ class Harness:
 
     def kinds(self, kind: str) -> list[dict[str, Any]]:
         return [e.to_json() for e in self.sup.events.recent(kind=kind)]
+
+    async def pull_reached(self, name: str, status: str) -> None:
+        """Wait for the ``model.pull`` event of ``name`` with ``status``."""
+        await wait_event(
+            self.sup.events, "model.pull", name, where=lambda e: e.data.get("status") == status
+        )
 
     def pull_statuses(self, name: str) -> list[str]:
         return [str(e["status"]) for e in self.kinds("model.pull") if e["model"] == name]
@@ -250,9 +256,7 @@ async def test_auto_pull_downloads_while_requests_wait_then_serves(make: Make) -
     h = await make({"a": "org/a"}, auto_pull=True)
     worker = h.sup.workers["a"]
     first = asyncio.create_task(h.sup.load("a"))
-    await eventually(
-        lambda: (worker.pull_progress or {}).get("status") == "downloading", what="pulling"
-    )
+    await h.pull_reached("a", "downloading")
     second = asyncio.create_task(h.sup.load("a"))
     await eventually(lambda: h.sup.scheduler.waiting("a") == 2, what="both requests queued")
 
@@ -323,7 +327,7 @@ async def test_a_pull_that_brings_no_model_fails_the_waiters(make: Make) -> None
 async def test_unloading_a_model_cancels_its_pull(make: Make) -> None:
     h = await make({"a": "org/a"}, auto_pull=True)
     waiting = asyncio.create_task(h.sup.load("a"))
-    await eventually(lambda: h.sup.workers["a"].pull_progress is not None, what="pulling")
+    await h.pull_reached("a", "started")
     await eventually(lambda: h.sup.scheduler.waiting("a") == 1, what="queued")
     await asyncio.wait_for(h.sup.unload("a"), 5)
     with pytest.raises(WorkerStartError) as info:
@@ -351,7 +355,7 @@ async def test_files_of_a_model_being_pulled_cannot_be_claimed(make: Make) -> No
     API's delete claims them first)."""
     h = await make({"a": "org/a"}, auto_pull=True)
     waiting = asyncio.create_task(h.sup.load("a"))
-    await eventually(lambda: h.sup.workers["a"].pull_progress is not None, what="pulling")
+    await h.pull_reached("a", "started")
     assert not h.sup.workers["a"].claim_files("its files are being deleted")
     h.pull.go.set()
     await asyncio.wait_for(waiting, 5)
@@ -375,7 +379,7 @@ async def test_auto_pull_starts_for_files_gone_before_the_start(make: Make, cach
     shutil.rmtree(snapshot.parent.parent)
     release.set()
     await holder
-    await eventually(lambda: h.sup.workers["a"].pull_progress is not None, what="pull begun")
+    await h.pull_reached("a", "started")
     h.pull.go.set()
     await asyncio.wait_for(waiting, 5)
     assert h.state("a") is S.READY and h.pull.calls == ["org/a"]

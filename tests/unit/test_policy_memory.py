@@ -28,10 +28,23 @@ def budget(mib: int, max_loaded: int | None = None) -> Limits:
     return Limits(max_loaded=max_loaded, budget_bytes=mib * MiB, fair_wait=10, fair_requests=4)
 
 
-def resident(name: str, mib: int, *, last_used: float = 0, **kw: object) -> ModelView:
+def resident(
+    name: str,
+    mib: int,
+    *,
+    state: S = S.READY,
+    last_used: float = 0,
+    inflight: int = 0,
+    waiting: int = 0,
+    oldest_wait: float | None = None,
+    pinned: bool = False,
+    unload_requested: bool = False,
+) -> ModelView:
     return ModelView(
-        name, kw.pop("state", S.READY), size_bytes=mib * MiB, last_used=last_used, **kw
-    )  # type: ignore[arg-type]
+        name, state, size_bytes=mib * MiB, last_used=last_used, inflight=inflight,
+        waiting=waiting, oldest_wait=oldest_wait, pinned=pinned,
+        unload_requested=unload_requested,
+    )  # fmt: skip
 
 
 def wanted(name: str, mib: int, *, at: float = 1.0) -> ModelView:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from mlx_serve.supervisor import Supervisor, WorkerStartError
 from mlx_serve.supervisor.states import RESIDENT
 from mlx_serve.supervisor.states import WorkerState as S
 from mlx_serve.testing import FakeClock, FakeLauncher, InstantDriver
-from tests.conftest import eventually
+from tests.conftest import wait_event
 
 MiB = 2**20
 OVERHEAD = 1 * MiB  # learned per-type overhead written into the ledger before start
@@ -45,7 +46,7 @@ class Harness:
         *,
         pins: tuple[str, ...] = (),
         measured: dict[str, int] | None = None,
-        **server: object,
+        **server: Any,
     ) -> None:
         self.clock = FakeClock()
         self.launcher = FakeLauncher()
@@ -60,7 +61,7 @@ class Harness:
             else ModelConfig(path=str(tmp / "models" / name), pin=name in pins)
             for name, mib in sizes.items()
         }
-        cfg = Config(server=ServerConfig(**server), models=models)  # type: ignore[arg-type]
+        cfg = Config(server=ServerConfig(**server), models=models)
         self.measured = measured or {}
         self.sup = Supervisor(
             cfg,
@@ -97,12 +98,17 @@ class Harness:
         await self.sup.load(name)
 
 
+Make = Callable[..., Awaitable[Harness]]
+
+
 @pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
+async def make(tmp_path: Path) -> AsyncIterator[Make]:
+    """Factory: ``await make(sizes_in_mib, pins=, measured=, **server)`` -> a started
+    :class:`Harness`."""
     made: list[Harness] = []
 
-    async def factory(sizes: dict[str, int], **kw: object) -> Harness:
-        h = Harness(tmp_path, sizes, **kw)  # type: ignore[arg-type]
+    async def factory(sizes: dict[str, int], **kw: Any) -> Harness:
+        h = Harness(tmp_path, sizes, **kw)
         await h.sup.start()
         made.append(h)
         return h
@@ -113,7 +119,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
         assert not h.launcher.alive(), "shutdown left a process running"
 
 
-async def test_models_that_fit_stay_resident_together(make) -> None:  # type: ignore[no-untyped-def]
+async def test_models_that_fit_stay_resident_together(make: Make) -> None:
     h = await make({"stt": 100, "chat": 100, "tts": 100}, memory_budget="400MiB")
     for _turn in range(3):
         for name in ("stt", "chat", "tts"):
@@ -123,7 +129,7 @@ async def test_models_that_fit_stay_resident_together(make) -> None:  # type: ig
     assert h.evictions() == []
 
 
-async def test_budget_for_two_evicts_the_least_recently_used(make) -> None:  # type: ignore[no-untyped-def]
+async def test_budget_for_two_evicts_the_least_recently_used(make: Make) -> None:
     h = await make({"stt": 100, "chat": 100, "tts": 100}, memory_budget="250MiB")
     await h.use("stt")
     await h.use("chat")
@@ -142,7 +148,7 @@ async def test_budget_for_two_evicts_the_least_recently_used(make) -> None:  # t
     assert h.max_resident == 2
 
 
-async def test_a_busy_model_is_not_evicted_even_if_least_recently_used(make) -> None:  # type: ignore[no-untyped-def]
+async def test_a_busy_model_is_not_evicted_even_if_least_recently_used(make: Make) -> None:
     h = await make({"busy": 100, "idle": 100, "new": 100}, memory_budget="250MiB")
     release = asyncio.Event()
     admitted = asyncio.Event()
@@ -162,7 +168,7 @@ async def test_a_busy_model_is_not_evicted_even_if_least_recently_used(make) -> 
     await task
 
 
-async def test_pinned_model_survives_other_models_pressure(make) -> None:  # type: ignore[no-untyped-def]
+async def test_pinned_model_survives_other_models_pressure(make: Make) -> None:
     h = await make({"pinned": 100, "a": 100, "b": 100}, pins=("pinned",), memory_budget="250MiB")
     await h.use("pinned")
     await h.use("a")
@@ -172,7 +178,7 @@ async def test_pinned_model_survives_other_models_pressure(make) -> None:  # typ
     assert {e["model"] for e in h.evictions()} == {"a", "b"}
 
 
-async def test_a_model_bigger_than_the_budget_gets_refused_before_any_start(make) -> None:  # type: ignore[no-untyped-def]
+async def test_a_model_bigger_than_the_budget_gets_refused_before_any_start(make: Make) -> None:
     h = await make({"huge": 500}, memory_budget="300MiB")
     with pytest.raises(WorkerStartError) as caught:
         await h.use("huge")
@@ -183,7 +189,9 @@ async def test_a_model_bigger_than_the_budget_gets_refused_before_any_start(make
     assert refused["needed_bytes"] == 501 * MiB
 
 
-async def test_measured_footprint_is_learned_and_kept_across_restarts(make, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_measured_footprint_is_learned_and_kept_across_restarts(
+    make: Make, tmp_path: Path
+) -> None:
     h = await make({"a": 100, "b": 100}, memory_budget="350MiB", measured={"a": 300})
     await h.use("a")
     assert h.sup.workers["a"].footprint.planned_bytes == 300 * MiB
@@ -198,7 +206,7 @@ async def test_measured_footprint_is_learned_and_kept_across_restarts(make, tmp_
     assert again.sup.workers["a"].footprint.planned_bytes == 300 * MiB
 
 
-async def test_without_a_budget_it_is_still_one_at_a_time(make) -> None:  # type: ignore[no-untyped-def]
+async def test_without_a_budget_it_is_still_one_at_a_time(make: Make) -> None:
     h = await make({"a": 100, "b": 100, "c": 100})
     for name in ("a", "b", "c", "a"):
         await h.use(name)
@@ -206,12 +214,12 @@ async def test_without_a_budget_it_is_still_one_at_a_time(make) -> None:  # type
     assert [e["reason"] for e in h.evictions()] == ["count"] * 3
 
 
-async def test_lowering_the_budget_on_reload_gives_back_idle_models(make) -> None:  # type: ignore[no-untyped-def]
+async def test_lowering_the_budget_on_reload_gives_back_idle_models(make: Make) -> None:
     h = await make({"a": 100, "b": 100, "c": 100}, memory_budget="1GiB")
     for name in ("a", "b", "c"):
         await h.use(name)
     spec = ServerConfig(memory_budget="250MiB").memory_budget
     h.sup.set_budget(resolve_budget(spec, total_bytes=2**34))
-    await eventually(lambda: len(h.resident()) == 2, what="one model given back")
+    await wait_event(h.sup.events, "model.unloaded", "a")  # one model given back
     assert h.resident() == {"b", "c"}
     assert h.evictions()[-1]["reason"] == "over_budget"

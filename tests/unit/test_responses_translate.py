@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 from openai import BaseModel
-from openai.types.responses import Response, ResponseOutputMessage, ResponseStreamEvent
+from openai.types.responses import (
+    FunctionTool,
+    Response,
+    ResponseFunctionToolCall,
+    ResponseOutputMessage,
+    ResponseStreamEvent,
+)
 
 from mlx_serve.errors import ApiError
 from mlx_serve.router.dialects.responses import (
@@ -430,7 +436,8 @@ def test_a_whole_completion_with_reasoning_text_and_calls() -> None:
         "function_call",
     ]
     assert response.output_text == "Calling."
-    assert [(o.call_id, o.arguments) for o in response.output[2:]] == [  # type: ignore[union-attr]
+    calls = [o for o in response.output[2:] if isinstance(o, ResponseFunctionToolCall)]
+    assert [(o.call_id, o.arguments) for o in calls] == [
         ("a", "{}"),
         ("b", '{"x": 1}'),
     ]
@@ -473,7 +480,8 @@ def test_the_response_echoes_the_request() -> None:
     t.finish()
     response = Response.model_validate(t.response)
     assert response.instructions == "I" and response.temperature == 0.5
-    assert response.tool_choice == "required" and response.tools[0].name == "get_weather"  # type: ignore[union-attr]
+    assert response.tool_choice == "required"
+    assert isinstance(response.tools[0], FunctionTool) and response.tools[0].name == "get_weather"
     assert response.text is not None and response.text.format is not None
     assert response.text.format.type == "json_object"
     assert response.metadata == {"k": "v"} and t.response["store"] is False

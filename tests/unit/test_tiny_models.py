@@ -35,8 +35,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def loaded(model_dir: Path) -> tuple[Any, Any]:
     import mlx_lm
 
-    model_and_tokenizer: tuple[Any, Any] = mlx_lm.load(str(model_dir))  # type: ignore[assignment]
-    return model_and_tokenizer
+    model, tokenizer, *_ = mlx_lm.load(str(model_dir))
+    return model, tokenizer
 
 
 def _mtimes(path: Path) -> dict[str, int]:

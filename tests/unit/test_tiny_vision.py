@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,16 +82,18 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path: Path) -> None:
 
 
 def test_mlx_vlm_loads_it_and_describes_an_image(model_dir: Path) -> None:
-    import mlx_vlm
+    from mlx_vlm.generate import generate
     from mlx_vlm.prompt_utils import apply_chat_template
+    from mlx_vlm.utils import load
     from PIL import Image
 
-    loaded: Any = mlx_vlm.load(str(model_dir))
+    loaded: Any = load(str(model_dir))
     model, processor = loaded
     prompt = apply_chat_template(processor, model.config, "what is this?", num_images=1)
     assert "<|vision_start|><|image_pad|><|vision_end|>" in prompt
     image = Image.new("RGB", (80, 60), (10, 200, 30))
-    result = mlx_vlm.generate(model, processor, prompt, image=[image], max_tokens=3)
+    describe: Callable[..., Any] = generate  # annotated for paths; PIL images work as well
+    result = describe(model, processor, prompt, image=[image], max_tokens=3)
     assert result.generation_tokens >= 1
     # 80x60 is scaled up to min_pixels: 56x56 -> 4x4 patches -> 2x2 merged = 4 image tokens.
     assert result.prompt_tokens > len(processor.tokenizer(prompt)["input_ids"])

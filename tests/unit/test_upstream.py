@@ -25,7 +25,9 @@ async def serving(script: Script) -> AsyncIterator[int]:
     handlers: set[asyncio.Task[None]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
         try:
             await script(reader, writer)
         except ConnectionError:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import psutil
 
 from mlx_serve.observability.history import MemoryHistory, MemorySample
-from mlx_serve.supervisor.events import Event, MemoryLow, MemoryOk
 
 
 def tree_rss_bytes(pid: int | None) -> int | None:
@@ -64,22 +63,6 @@ def load_refusal(estimated_bytes: int | None, available_bytes: int) -> str | Non
         f"the model's weights ({estimated_bytes / gib:.1f} GiB) exceed the memory available "
         f"({available_bytes / gib:.1f} GiB); unload other programs or use a smaller model"
     )
-
-
-async def watch_memory(
-    emit: Callable[[Event], object], warning_ratio: float, interval: float = 5.0
-) -> None:
-    """Emit ``memory.low`` when available memory drops below ``warning_ratio`` of the total,
-    once per crossing (and ``memory.ok`` when it recovers), so the log is not flooded."""
-    low = False
-    while True:
-        mem = system_memory()
-        now_low = mem.available_bytes < warning_ratio * mem.total_bytes
-        if now_low != low:
-            low = now_low
-            kind = MemoryLow if low else MemoryOk
-            emit(kind(available_bytes=mem.available_bytes, total_bytes=mem.total_bytes))
-        await asyncio.sleep(interval)
 
 
 def sample_memory(pids: Mapping[str, int | None], now: float) -> MemorySample:

@@ -11,7 +11,6 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from mlx_serve.errors import API_ERROR, Handler, error_middleware, outcome_code
-from mlx_serve.observability.memory import watch_memory
 from mlx_serve.observability.prometheus import Metrics
 from mlx_serve.observability.request_stats import RequestStats
 from mlx_serve.router.auth import auth_middleware
@@ -23,6 +22,7 @@ from mlx_serve.router.origin import add_cors_headers, origin_middleware
 from mlx_serve.router.proxy import TRACED
 from mlx_serve.supervisor import Supervisor
 from mlx_serve.supervisor.events import Event, RequestFinished
+from mlx_serve.supervisor.memory_watch import watch_memory
 
 #: aiohttp's own cap on a request body. The real limits are per kind of body
 #: (``server.max_json_body`` / ``max_upload_body``), checked while reading; this only

@@ -78,6 +78,10 @@ def _chunk(args: argparse.Namespace, kind: str, text: str, finish: str | None) -
             "choices": [choice]}  # fmt: skip
 
 
+#: The background "load" task, kept on the app so it is not garbage-collected mid-sleep.
+LOADER = web.AppKey("loader", asyncio.Task[None])
+
+
 def make_app(args: argparse.Namespace) -> web.Application:
     loaded = asyncio.Event()
     served = {"tokens": 0, "requests": 0}
@@ -89,7 +93,7 @@ def make_app(args: argparse.Namespace) -> web.Application:
         loaded.set()
 
     async def on_startup(app: web.Application) -> None:
-        app["loader"] = asyncio.get_running_loop().create_task(load())
+        app[LOADER] = asyncio.get_running_loop().create_task(load())
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
