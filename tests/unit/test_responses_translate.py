@@ -27,7 +27,7 @@ from mlx_serve.router.dialects.responses import (
     new_response,
     to_chat,
 )
-from mlx_serve.router.openai_routes import Prepared
+from mlx_serve.router.prepare import Prepared
 
 Json = dict[str, Any]
 

@@ -5,34 +5,9 @@
 interrupt from outside, while a killed process stops at once and its partial files stay on
 disk for the next pull to resume.
 
-Steps, each through huggingface_hub so the cache ends up exactly as ``snapshot_download``
-leaves it:
-
-1. ``model_info`` resolves the revision to a commit; ``list_repo_tree`` lists its files.
-2. Every file not yet in ``snapshots/<commit>/`` is fetched (a few in parallel): a ``HEAD``
-   (``get_hf_file_metadata``) gives its ETag, which names the blob; the body is appended to
-   ``blobs/<etag>.incomplete`` with huggingface_hub's ``http_get``, resuming with a ``Range``
-   request from whatever an earlier, interrupted pull left there; it is verified against the
-   sha256 (LFS) or git blob id the hub listed, and only then renamed to ``blobs/<etag>``.
-   ``hf_hub_download`` then finds the blob and creates the snapshot symlink itself.
-3. ``snapshot_download`` runs last. Every file is in place, so it downloads nothing, but it
-   writes ``refs/<revision>`` and its cached tree listing (``trees/<commit>.json``) exactly
-   as it always does, so mlx_lm and friends find the model offline later.
-
-Why not just call ``snapshot_download``: in huggingface_hub 2.x (checked against 2.4.0) every
-download goes to a temporary file with a random suffix that is deleted on failure (and
-orphaned when the process is killed), so an interrupted file always starts again from byte 0;
-its Range requests only happen inside one call, when a connection drops mid-file. It also
-reports no per-file progress. The blob lock (``.locks/<repo>/<etag>.lock``) is the same one
-huggingface_hub takes, so a concurrent ``hf_hub_download`` of the same file waits for us and
-vice versa. Xet-backed files are fetched over plain HTTP too (the resolve URL redirects to a
-server that serves them whole, which is huggingface_hub's own fallback without ``hf_xet``),
-trading hf_xet's speed for resumability. Bodies are read in 256 KiB chunks instead of
-huggingface_hub's 10 MiB, so progress is frequent and a cancel loses little.
-
-Protocol: one JSON object per line on stdout (see :mod:`mlx_serve.hub.pull`), ``"event"`` one
-of ``manifest``, ``progress``, ``verifying``, ``done``, ``error``. Anything huggingface_hub
-prints goes to stderr, which the parent keeps for error messages.
+It fetches each file itself rather than just calling ``snapshot_download``, so that an
+interrupted file resumes and progress is reported per file: :meth:`Downloader.run` has the
+steps, :meth:`Downloader._download_blob` the reasons; :func:`main` the protocol.
 """
 
 from __future__ import annotations
@@ -90,6 +65,8 @@ __all__ = ["ChecksumError", "Downloader", "classify", "main"]
 Emit = Callable[[dict[str, Any]], None]
 
 _HASH_CHUNK = 8 * 1024 * 1024
+#: Bodies are read in 256 KiB chunks instead of huggingface_hub's 10 MiB, so progress is
+#: frequent and a cancel loses little.
 _DOWNLOAD_CHUNK = 256 * 1024
 
 
@@ -239,7 +216,7 @@ class ByteCounter:
 
 
 class Downloader:
-    """Fetches one commit of a model repo into the cache; see the module docstring."""
+    """Fetches one commit of a model repo into the cache; :meth:`run` says how."""
 
     def __init__(
         self,
@@ -262,6 +239,21 @@ class Downloader:
         self._metadata: dict[str, HfFileMetadata] = {}
 
     def run(self) -> None:
+        """Pull the commit in three steps, each through huggingface_hub so the cache ends up
+        exactly as ``snapshot_download`` leaves it.
+
+        1. ``model_info`` resolves the revision to a commit; ``list_repo_tree`` lists its files.
+        2. Every file not yet in ``snapshots/<commit>/`` is fetched (a few in parallel): a
+           ``HEAD`` (``get_hf_file_metadata``) gives its ETag, which names the blob; the body is
+           appended to ``blobs/<etag>.incomplete`` with huggingface_hub's ``http_get``, resuming
+           with a ``Range`` request from whatever an earlier, interrupted pull left there; it is
+           verified against the sha256 (LFS) or git blob id the hub listed, and only then
+           renamed to ``blobs/<etag>``. ``hf_hub_download`` then finds the blob and creates the
+           snapshot symlink itself (:meth:`_fetch`).
+        3. ``snapshot_download`` runs last. Every file is in place, so it downloads nothing, but
+           it writes ``refs/<revision>`` and its cached tree listing (``trees/<commit>.json``)
+           exactly as it always does, so mlx_lm and friends find the model offline later.
+        """
         api = HfApi()
         info = api.model_info(self.repo_id, revision=self.revision)
         commit = info.sha
@@ -350,7 +342,10 @@ class Downloader:
         if not blob.exists():
             url = hf_hub_url(self.repo_id, remote.name, revision=commit)
             # Like huggingface_hub: download from where HEAD was redirected (the CDN), except
-            # for Xet-backed files, whose resolve URL is followed afresh.
+            # for Xet-backed files, whose resolve URL is followed afresh. They are fetched over
+            # plain HTTP too (the resolve URL redirects to a server that serves them whole,
+            # which is huggingface_hub's own fallback without hf_xet), trading hf_xet's speed
+            # for resumability.
             location = meta.location if meta.xet_file_data is None and meta.location else url
             self._download_blob(url, location, blob, remote, size=size, progress=progress)
         progress.finish()
@@ -368,6 +363,16 @@ class Downloader:
         size: int,
         progress: FileProgress,
     ) -> None:
+        """Append the body to ``blobs/<etag>.incomplete``, verify it, then rename it to the blob.
+
+        Why not just call ``snapshot_download``: in huggingface_hub 2.x (checked against 2.4.0)
+        every download goes to a temporary file with a random suffix that is deleted on failure
+        (and orphaned when the process is killed), so an interrupted file always starts again
+        from byte 0; its Range requests only happen inside one call, when a connection drops
+        mid-file. It also reports no per-file progress. The blob lock
+        (``.locks/<repo>/<etag>.lock``) is the same one huggingface_hub takes, so a concurrent
+        ``hf_hub_download`` of the same file waits for us and vice versa.
+        """
         blob.parent.mkdir(parents=True, exist_ok=True)
         lock = self.cache_dir / ".locks" / self.storage.name / f"{blob.name}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
@@ -516,7 +521,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the child process; exits 0 after a ``done`` line, 1 after ``error``."""
+    """Entry point of the child process; exits 0 after a ``done`` line, 1 after ``error``.
+
+    Protocol: one JSON object per line on stdout (see :mod:`mlx_serve.hub.pull`), ``"event"``
+    one of ``manifest``, ``progress``, ``verifying``, ``done``, ``error``. Anything
+    huggingface_hub prints goes to stderr, which the parent keeps for error messages.
+    """
     parser = argparse.ArgumentParser(prog="python -m mlx_serve.hub")
     sub = parser.add_subparsers(dest="command", required=True)
     dl = sub.add_parser("download", help="download a model repo into the HF cache (JSON lines)")

@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from mlx_serve.errors import ApiError
-from mlx_serve.router.openai_routes import Prepared, traced_lease
+from mlx_serve.router.prepare import Prepared, traced_lease
 from mlx_serve.router.proxy import (
     Trace,
     Upstream,

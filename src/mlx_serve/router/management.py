@@ -29,13 +29,9 @@ from mlx_serve.observability.memory import (
 )
 from mlx_serve.observability.prometheus import CONTENT_TYPE
 from mlx_serve.router.keys import METRICS, STATS, SUPERVISOR
-from mlx_serve.router.openai_routes import (
-    lifecycle_error,
-    pop_keep_alive,
-    read_json_object,
-    resolve_or_404,
-)
+from mlx_serve.router.prepare import lifecycle_error, pop_keep_alive, resolve_or_404
 from mlx_serve.router.query import query_flag
+from mlx_serve.router.request_body import read_json_object
 from mlx_serve.supervisor import (
     QueueFull,
     ShuttingDown,

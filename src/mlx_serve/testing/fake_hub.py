@@ -10,32 +10,8 @@ directories, so downloads can be tested without any network::
 
 It runs in its own thread with its own event loop, so blocking huggingface_hub calls made from
 the test's thread (or anything else) never stall it, and it works from sync and async tests
-alike (``with FakeHub(...)`` / ``async with FakeHub(...)``).
-
-What it mimics (huggingface_hub 2.x, checked against its source):
-
-- ``GET /api/models/{repo}`` and ``/api/models/{repo}/revision/{rev}``: model info with the
-  commit ``sha`` and ``siblings`` (``HfApi.model_info``/``repo_info``).
-- ``GET /api/models/{repo}/tree/{rev}[/{path}]?recursive=...``: the file listing with git blob
-  ids and LFS sha256/size (``HfApi.list_repo_tree``, used by ``snapshot_download``).
-- ``HEAD``/``GET /{repo}/resolve/{rev}/{file}``: ``X-Repo-Commit`` and ``ETag`` (the git blob
-  id) for regular files, served directly; LFS files (weights) answer ``302`` to a "CDN" with
-  ``X-Linked-Etag`` (sha256) and ``X-Linked-Size``, as the real hub does. The CDN is a second
-  port, so huggingface_hub treats it as a foreign host exactly like the real CDN (it does not
-  follow the redirect on HEAD, and drops the token).
-- ``Range`` requests (``206`` with ``Content-Range``), which resumed downloads send.
-- Errors with the hub's ``X-Error-Code`` header: ``RepoNotFound`` (401, as for anonymous
-  requests), ``RevisionNotFound`` and ``EntryNotFound`` (404), ``GatedRepo`` (403, on file
-  downloads only, as on the hub).
-
-Every repo has one commit, ``main``; its sha is derived from the files' contents. Anything
-else gets a 404, which is fine for the best-effort extras huggingface_hub 2.x requests (it
-fetches ``/api/agent-harnesses`` once, for telemetry, and ignores failures).
-
-Knobs for tests, all changeable while it runs: ``slow_bytes_per_s`` (throttle file bodies),
-``fail_once[file] = n`` (drop the connection after ``n`` body bytes, once), ``corrupt_once``
-(serve wrong bytes for a file, once), ``gated``. ``requests`` records every request;
-``file_gets()`` and ``bytes_sent()`` count body transfers per file.
+alike (``with FakeHub(...)`` / ``async with FakeHub(...)``). What it mimics of the hub
+(huggingface_hub 2.x, checked against its source) is documented on :class:`FakeHub`'s handlers.
 """
 
 from __future__ import annotations
@@ -102,7 +78,13 @@ class _Repo:
 
 
 class FakeHub:
-    """The fake hub server; see the module docstring."""
+    """The fake hub server; see the module docstring for its use.
+
+    Knobs for tests, all changeable while it runs: ``slow_bytes_per_s`` (throttle file bodies),
+    ``fail_once[file] = n`` (drop the connection after ``n`` body bytes, once), ``corrupt_once``
+    (serve wrong bytes for a file, once), ``gated``. ``requests`` records every request;
+    ``file_gets()`` and ``bytes_sent()`` count body transfers per file.
+    """
 
     def __init__(
         self,
@@ -272,6 +254,12 @@ class FakeHub:
             self._requests.append(entry)
 
     async def _handle_hub(self, request: web.Request) -> web.StreamResponse:
+        """The hub's API and resolve URLs.
+
+        Anything else gets a 404, which is fine for the best-effort extras huggingface_hub 2.x
+        requests (it fetches ``/api/agent-harnesses`` once, for telemetry, and ignores
+        failures).
+        """
         parts = [unquote(p) for p in request.raw_path.split("?", 1)[0].split("/")[1:]]
         if len(parts) >= 3 and parts[:2] == ["api", "models"]:
             return self._handle_api(request, parts[2:])
@@ -284,6 +272,14 @@ class FakeHub:
         return _error(404, "Not Found")
 
     def _handle_api(self, request: web.Request, rest: list[str]) -> web.StreamResponse:
+        """``/api/models/...``, ``rest`` being the path after it.
+
+        - ``GET /api/models/{repo}`` and ``/api/models/{repo}/revision/{rev}``: model info with
+          the commit ``sha`` and ``siblings`` (``HfApi.model_info``/``repo_info``).
+        - ``GET /api/models/{repo}/tree/{rev}[/{path}]?recursive=...``: the file listing with
+          git blob ids and LFS sha256/size (``HfApi.list_repo_tree``, used by
+          ``snapshot_download``).
+        """
         if request.method != "GET" or len(rest) < 2:
             self._record(request, "other", None, None)
             return _error(404, "Not Found")
@@ -330,6 +326,14 @@ class FakeHub:
     async def _handle_resolve(
         self, request: web.Request, repo_id: str, revision: str, name: str
     ) -> web.StreamResponse:
+        """``HEAD``/``GET /{repo}/resolve/{rev}/{file}``.
+
+        ``X-Repo-Commit`` and ``ETag`` (the git blob id) for regular files, served directly; LFS
+        files (weights) answer ``302`` to a "CDN" with ``X-Linked-Etag`` (sha256) and
+        ``X-Linked-Size``, as the real hub does. The CDN is a second port, so huggingface_hub
+        treats it as a foreign host exactly like the real CDN (it does not follow the redirect
+        on HEAD, and drops the token).
+        """
         repo = self._repos.get(repo_id)
         if repo is None:
             return _error(401, "Repository Not Found", "RepoNotFound")
@@ -375,6 +379,8 @@ class FakeHub:
     async def _send_file(
         self, request: web.Request, entry: _File, headers: dict[str, str]
     ) -> web.StreamResponse:
+        """The file's body, or the part of it a ``Range`` request asks for (``206`` with
+        ``Content-Range``), which resumed downloads send."""
         start, end = 0, entry.size  # [start, end)
         status = 200
         range_header = request.headers.get("Range")
@@ -463,6 +469,11 @@ def _error(
     *,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
+    """An error with the hub's ``X-Error-Code`` header.
+
+    The ones sent: ``RepoNotFound`` (401, as for anonymous requests), ``RevisionNotFound``
+    and ``EntryNotFound`` (404), ``GatedRepo`` (403, on file downloads only, as on the hub).
+    """
     all_headers = dict(headers or {})
     if error_code is not None:
         all_headers["X-Error-Code"] = error_code
@@ -476,6 +487,8 @@ def _error(
 
 
 def _load_repo(repo_id: str, root: Path) -> _Repo:
+    """The repo served from ``root``: one commit, ``main``; its sha is derived from the files'
+    contents."""
     if not root.is_dir():
         raise ValueError(f"repo {repo_id}: {root} is not a directory")
     files: dict[str, _File] = {}

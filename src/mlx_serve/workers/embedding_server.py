@@ -4,29 +4,9 @@ An OpenAI ``POST /v1/embeddings`` in front of an ``mlx_embeddings`` model, built
 :func:`mlx_serve.workers.model_server.serve_model` (loaded and warmed up before it listens,
 so ``/health`` 200 means ready).
 
-Semantics, as the openai SDK sends them:
-
-- ``input``: a string, a list of strings, a list of token ids, or a list of token-id lists.
-  Token ids are ids of *this model's* tokenizer (as in OpenAI's API, where they are
-  tiktoken ids of the embedding model); they are used exactly as sent, wrapped in the
-  special tokens the tokenizer adds to text (``[CLS] ... [SEP]`` for BERT). Ids outside
-  the vocabulary are a 400. Note that LangChain's ``OpenAIEmbeddings`` sends *tiktoken*
-  ids unless ``check_embedding_ctx_length=False``: ids that happen to be in range cannot
-  be told apart from real ones.
-- Inputs longer than the model's sequence limit are truncated, like sentence-transformers
-  does (the limit is ``max_seq_length`` from ``sentence_bert_config.json`` when present).
-  ``usage`` counts the tokens the model actually processed, special tokens included.
-- ``encoding_format``: ``float`` (default) or ``base64`` (little-endian float32 bytes; the
-  openai SDK asks for base64 by default and decodes it itself).
-- ``dimensions``: the first N components, renormalised (what sentence-transformers'
-  ``truncate_dim`` does). Any N up to the model's size is accepted; only Matryoshka-trained
-  models keep their quality when truncated.
-- Vectors are pooled by the model (mean pooling for BERT models such as MiniLM, exactly as
-  sentence-transformers does) and always returned with unit L2 norm, like OpenAI's, so a
-  dot product is a cosine similarity.
-
-All tokenization and inference run on the server's single inference thread: HF fast
-tokenizers are not safe to share between threads, and the model is not either.
+The request's fields, as the openai SDK sends them, are documented where they are handled:
+``input`` in :func:`_parse_input` and :meth:`Embedder.tokenize`, ``encoding_format`` and
+``dimensions`` in :func:`compute`; the vectors in :meth:`Embedder.embed`.
 """
 
 from __future__ import annotations
@@ -65,7 +45,12 @@ class Embedder:
     pass_attention_mask: bool
 
     def tokenize(self, items: Sequence[str | list[int]]) -> list[list[int]]:
-        """Token ids per item, special tokens included, truncated to ``max_length``."""
+        """Token ids per item, special tokens included, truncated to ``max_length``.
+
+        Inputs longer than the model's sequence limit are truncated, like sentence-transformers
+        does (the limit is ``max_seq_length`` from ``sentence_bert_config.json`` when present).
+        ``usage`` counts the tokens the model actually processed, special tokens included.
+        """
         texts = [item for item in items if isinstance(item, str)]
         encoded: list[list[int]] = []
         if texts:
@@ -86,7 +71,10 @@ class Embedder:
     def embed(self, ids: list[list[int]]) -> np.ndarray[Any, np.dtype[np.float32]]:
         """Unit-length float32 embeddings, one row per item, in input order.
 
-        Items are batched by length (shortest first) so a batch carries little padding.
+        Vectors are pooled by the model (mean pooling for BERT models such as MiniLM, exactly
+        as sentence-transformers does) and always returned with unit L2 norm, like OpenAI's, so
+        a dot product is a cosine similarity. Items are batched by length (shortest first) so a
+        batch carries little padding.
         """
         import mlx.core as mx  # noqa: PLC0415 -- heavy; imported (and timed) by _imports
 
@@ -242,6 +230,15 @@ def parse_request(body: Any, args: argparse.Namespace, default_model: str) -> Em
 
 
 def _parse_input(value: Any, args: argparse.Namespace) -> list[str | list[int]]:
+    """``input``: a string, a list of strings, a list of token ids, or a list of token-id lists.
+
+    Token ids are ids of *this model's* tokenizer (as in OpenAI's API, where they are tiktoken
+    ids of the embedding model); they are used exactly as sent, wrapped in the special tokens
+    the tokenizer adds to text (``[CLS] ... [SEP]`` for BERT). Ids outside the vocabulary are a
+    400 (:func:`compute`). Note that LangChain's ``OpenAIEmbeddings`` sends *tiktoken* ids
+    unless ``check_embedding_ctx_length=False``: ids that happen to be in range cannot be told
+    apart from real ones.
+    """
     if value is None:
         raise ApiError(
             400,
@@ -319,7 +316,17 @@ def _describe(item: Any) -> str:
 
 
 def compute(embedder: Embedder, req: EmbeddingRequest) -> bytes:
-    """Tokenize, embed and render the response body (all on the inference thread)."""
+    """Tokenize, embed and render the response body (all on the inference thread).
+
+    All tokenization and inference run on the server's single inference thread: HF fast
+    tokenizers are not safe to share between threads, and the model is not either.
+
+    - ``encoding_format``: ``float`` (default) or ``base64`` (little-endian float32 bytes; the
+      openai SDK asks for base64 by default and decodes it itself).
+    - ``dimensions``: the first N components, renormalised (what sentence-transformers'
+      ``truncate_dim`` does). Any N up to the model's size is accepted; only Matryoshka-trained
+      models keep their quality when truncated.
+    """
     for index, item in enumerate(req.items):
         if isinstance(item, list):
             bad = next((t for t in item if not 0 <= t < embedder.vocab_size), None)

@@ -4,56 +4,10 @@
 of a reranker loaded by mlx-vlm, built on :func:`mlx_serve.workers.model_server.serve_model`
 (loaded and warmed up before it listens, so ``/health`` 200 means ready).
 
-Why our own worker rather than ``mlx_vlm.server``, which has a ``/v1/rerank`` of its own:
-
-- **The same loading code.** Models are loaded with mlx-vlm's ``load_reranker``, exactly
-  what ``mlx_vlm.server`` runs for its ``/v1/rerank``: BERT, ModernBERT and XLM-RoBERTa
-  ``*ForSequenceClassification`` checkpoints with one label (``BAAI/bge-reranker-base``,
-  ``bge-reranker-v2-m3``, ``cross-encoder/ms-marco-MiniLM-L-6-v2``, ...) and Qwen3 / Qwen3-VL
-  generative rerankers (``Qwen/Qwen3-Reranker-*``; text documents only here). Models of
-  other architectures (DeBERTa, ``mxbai-rerank`` v1/v2) are refused by that loader and the
-  load fails. Sequence classifiers are scored as
-  mlx-vlm scores them (the pair ``query, document`` through the tokenizer, truncated to the
-  model's window, ``sigmoid`` of the one logit, as sentence-transformers' ``CrossEncoder``
-  does); generative rerankers are scored by mlx-vlm's own ``score_documents`` (yes/no
-  logits after its chat template), imported only when such a model is loaded.
-- **Lighter.** ``mlx_vlm.server`` imports FastAPI, uvicorn and its whole multi-model app
-  before it loads anything; this worker imports only the loader. With the tiny test model,
-  on a 2-core Linux box (torch hidden from both): 108 MiB RSS here against 130 MiB, 4-7 ms
-  per request against 7-8 ms, and ready in about the same 2 s (most of it interpreter and
-  transformers start-up, common to both; the imports this worker times are 0.7 s).
-- **The answer the clients parse, with nothing to translate.** mlx-vlm answers without an
-  ``id``, echoes documents as sent (``"text"`` or ``{"text": ...}``) rather than as
-  Cohere's ``{"text": ...}``, and returns no documents unless asked; its errors are
-  FastAPI's ``{"detail": ...}``. This worker answers in the final shape, so the router
-  relays it like any JSON answer (only ``model`` replaced by the name the client used).
-- **One request at a time** on one inference thread (as every mlx-serve worker): mlx-vlm
-  scores each request on a thread of its own, sharing one HF tokenizer between them.
-- Spares come for free: started without ``--model`` it waits for ``POST /load``.
-
-Request (checked by :func:`mlx_serve.router.validation.check_rerank`, the router's check):
-``query`` (non-empty string), ``documents`` (a non-empty list of strings or ``{"text": ...}``
-objects; other keys of such an object are ignored, image or video keys refused), ``top_n``
-(a positive integer; more than there are documents returns them all), ``return_documents``
-(default true), ``instruction`` (generative rerankers only; a sequence classifier refuses
-it, as mlx-vlm does). ``rank_fields`` may only name ``text``; ``max_chunks_per_doc`` and
-``max_tokens_per_doc`` are accepted and not used: a document longer than the model's window
-is truncated (query and document together, longest first), never split.
-
-Flags (``args`` in models.yaml): ``--max-length`` (tokens per pair for a sequence classifier;
-generative rerankers keep mlx-vlm's 8192), ``--batch-size`` (pairs per forward pass, batched
-by length; mlx-vlm's own for generative rerankers), ``--max-documents`` (per request).
-
-Answer::
-
-    {"id": "rerank-...", "object": "list", "model": ..., "results": [
-        {"index": 2, "relevance_score": 0.93, "document": {"text": ...}}, ...],
-     "usage": {"prompt_tokens": N, "total_tokens": N},
-     "meta": {"billed_units": {"search_units": 1, "total_tokens": N}}}
-
-``results`` are sorted by ``relevance_score`` (in ``(0, 1)``), highest first, ties in input
-order, and cut to ``top_n``; ``index`` is the document's position in the request. ``usage``
-counts every token the model read, special tokens included; ``meta`` is Cohere's form of it.
+Why our own worker rather than ``mlx_vlm.server``, which has a ``/v1/rerank`` of its own: the
+same loading code (:func:`_load`), lighter (:func:`_imports`), the answer the clients parse
+with nothing to translate (:func:`compute`), and one request at a time on one inference thread
+(:func:`rerank`). Spares come for free: started without ``--model`` it waits for ``POST /load``.
 """
 
 from __future__ import annotations
@@ -153,12 +107,33 @@ class RerankRequest:
 
 
 def _imports() -> None:
+    """Only the loader: lighter than ``mlx_vlm.server``.
+
+    ``mlx_vlm.server`` imports FastAPI, uvicorn and its whole multi-model app before it loads
+    anything; this worker imports only the loader. With the tiny test model, on a 2-core Linux
+    box (torch hidden from both): 108 MiB RSS here against 130 MiB, 4-7 ms per request against
+    7-8 ms, and ready in about the same 2 s (most of it interpreter and transformers start-up,
+    common to both; the imports this worker times are 0.7 s).
+    """
     import mlx.core  # noqa: F401, PLC0415 -- timed apart from the load by serve_model
     import mlx_vlm.reranker_loader  # noqa: F401, PLC0415
 
 
 def _load(path: Path, args: argparse.Namespace) -> Reranker:
-    """Load the reranker, find its window, and score one pair to warm up."""
+    """Load the reranker, find its window, and score one pair to warm up.
+
+    Models are loaded with mlx-vlm's ``load_reranker``, exactly what ``mlx_vlm.server`` runs
+    for its ``/v1/rerank``: BERT, ModernBERT and XLM-RoBERTa ``*ForSequenceClassification``
+    checkpoints with one label (``BAAI/bge-reranker-base``, ``bge-reranker-v2-m3``,
+    ``cross-encoder/ms-marco-MiniLM-L-6-v2``, ...) and Qwen3 / Qwen3-VL generative rerankers
+    (``Qwen/Qwen3-Reranker-*``; text documents only here). Models of other architectures
+    (DeBERTa, ``mxbai-rerank`` v1/v2) are refused by that loader and the load fails. Sequence
+    classifiers are scored as mlx-vlm scores them (the pair ``query, document`` through the
+    tokenizer, truncated to the model's window, ``sigmoid`` of the one logit, as
+    sentence-transformers' ``CrossEncoder`` does); generative rerankers are scored by mlx-vlm's
+    own ``score_documents`` (yes/no logits after its chat template), imported only when such a
+    model is loaded.
+    """
     from mlx_vlm.reranker import RerankerKind, reranker_kind  # noqa: PLC0415 -- see _imports
     from mlx_vlm.reranker_loader import load_reranker  # noqa: PLC0415
     from mlx_vlm.utils import get_model_path  # noqa: PLC0415
@@ -232,6 +207,12 @@ def _model_max_length(model_dir: Path, tokenizer: Any) -> int:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The worker's flags (``args`` in models.yaml).
+
+    ``--max-length`` (tokens per pair for a sequence classifier; generative rerankers keep
+    mlx-vlm's 8192), ``--batch-size`` (pairs per forward pass, batched by length; mlx-vlm's own
+    for generative rerankers), ``--max-documents`` (per request).
+    """
     parser.add_argument(
         "--max-length",
         type=int,
@@ -243,7 +224,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_request(body: Any, args: argparse.Namespace, default_model: str) -> RerankRequest:
-    """Validate a rerank body; every client mistake is an :class:`ApiError` 400."""
+    """Validate a rerank body; every client mistake is an :class:`ApiError` 400.
+
+    Checked by :func:`mlx_serve.router.validation.check_rerank`, the router's check: ``query``
+    (non-empty string), ``documents`` (a non-empty list of strings or ``{"text": ...}`` objects;
+    other keys of such an object are ignored, image or video keys refused), ``top_n`` (a
+    positive integer; more than there are documents returns them all), ``return_documents``
+    (default true), ``instruction`` (generative rerankers only; a sequence classifier refuses
+    it, as mlx-vlm does). ``rank_fields`` may only name ``text``; ``max_chunks_per_doc`` and
+    ``max_tokens_per_doc`` are accepted and not used: a document longer than the model's window
+    is truncated (query and document together, longest first), never split.
+    """
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     check_rerank(body)
@@ -268,7 +259,23 @@ def parse_request(body: Any, args: argparse.Namespace, default_model: str) -> Re
 
 
 def compute(reranker: Reranker, req: RerankRequest) -> bytes:
-    """Score, rank and render the response body (all on the inference thread)."""
+    """Score, rank and render the response body (all on the inference thread).
+
+    The answer the clients parse, with nothing to translate: mlx-vlm answers without an ``id``,
+    echoes documents as sent (``"text"`` or ``{"text": ...}``) rather than as Cohere's
+    ``{"text": ...}``, and returns no documents unless asked; its errors are FastAPI's
+    ``{"detail": ...}``. This worker answers in the final shape, so the router relays it like
+    any JSON answer (only ``model`` replaced by the name the client used)::
+
+        {"id": "rerank-...", "object": "list", "model": ..., "results": [
+            {"index": 2, "relevance_score": 0.93, "document": {"text": ...}}, ...],
+         "usage": {"prompt_tokens": N, "total_tokens": N},
+         "meta": {"billed_units": {"search_units": 1, "total_tokens": N}}}
+
+    ``results`` are sorted by ``relevance_score`` (in ``(0, 1)``), highest first, ties in input
+    order, and cut to ``top_n``; ``index`` is the document's position in the request. ``usage``
+    counts every token the model read, special tokens included; ``meta`` is Cohere's form of it.
+    """
     if req.instruction is not None and not reranker.takes_instruction:
         raise ApiError(
             400,
@@ -305,6 +312,11 @@ def compute(reranker: Reranker, req: RerankRequest) -> bytes:
 
 
 async def rerank(request: web.Request) -> web.Response:
+    """``POST /v1/rerank``: one request at a time, on the one inference thread.
+
+    As in every mlx-serve worker; mlx-vlm scores each request on a thread of its own, sharing
+    one HF tokenizer between them.
+    """
     server: ModelServer[Reranker] = request.app[MODEL_SERVER]
     body = await read_json(request)
     req = parse_request(body, server.args, default_model=str(server.args.model))

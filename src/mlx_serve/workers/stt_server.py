@@ -2,30 +2,7 @@
 
 Serves OpenAI's ``POST /v1/audio/transcriptions`` and ``POST /v1/audio/translations`` (to
 English) for one mlx-whisper model, on the :mod:`~mlx_serve.workers.model_server` skeleton.
-
-Loading: ``mlx_whisper.transcribe`` takes a model *path*, and keeps the last model it loaded
-in the class attribute ``mlx_whisper.transcribe.ModelHolder``, keyed by that path string
-alone. The worker loads the model through that same holder at start, with the same key it
-passes on every request, so the model is loaded once and every request reuses it. The load
-ends with a warm-up transcription of 0.5 s of silence (one encoder pass, ~0.3 s for the tiny
-test model): a ready worker is one whose model has run.
-
-Request: a multipart form as the OpenAI SDK sends it.
-
-=========================== =============================================================
-``file``                    required; at most ``--max-file-mb`` (25, OpenAI's limit; 413
-                            beyond); any format :func:`~.audio_codec.decode_audio` reads
-                            (400 with the reason when it cannot)
-``model``                   ignored: the worker serves its one model
-``language``                ISO-639-1 code or English name; detected when absent
-``prompt``                  Whisper's ``initial_prompt``
-``temperature``             0-1. Absent or 0: Whisper's fallback schedule (0, 0.2 ... 1.0,
-                            retried when the output looks wrong, like OpenAI); > 0: that one
-``response_format``         ``json`` (default, ``{"text"}``), ``text``, ``srt``, ``vtt``,
-                            ``verbose_json``
-``timestamp_granularities`` ``segment`` / ``word``; ``word`` adds top-level ``words`` to
-                            ``verbose_json`` (it costs an alignment pass)
-=========================== =============================================================
+The model is loaded once (:func:`_load`); the request form: :func:`parse_form`.
 
 Audio is decoded off the inference thread, so one request's ffmpeg does not hold up another's
 transcription; transcriptions run one at a time on the inference thread.
@@ -102,6 +79,15 @@ def _imports() -> None:
 
 
 def _load(path: Path, args: argparse.Namespace) -> SttModel:
+    """Load the model into mlx-whisper's own cache and warm it up.
+
+    ``mlx_whisper.transcribe`` takes a model *path*, and keeps the last model it loaded in the
+    class attribute ``mlx_whisper.transcribe.ModelHolder``, keyed by that path string alone.
+    The worker loads the model through that same holder at start, with the same key it passes
+    on every request, so the model is loaded once and every request reuses it. The load ends
+    with a warm-up transcription of 0.5 s of silence (one encoder pass, ~0.3 s for the tiny
+    test model): a ready worker is one whose model has run.
+    """
     import mlx.core as mx  # noqa: PLC0415 -- imported in _imports
     import mlx_whisper  # noqa: PLC0415
     from mlx_whisper.transcribe import ModelHolder  # noqa: PLC0415
@@ -233,7 +219,26 @@ def _too_large(max_file_bytes: int) -> ApiError:
 def parse_form(
     fields: dict[str, list[str]], audio: bytes | None, *, task: str
 ) -> TranscriptionRequest:
-    """Validate the form; every mistake is a 400 naming the parameter."""
+    """Validate the form; every mistake is a 400 naming the parameter.
+
+    A multipart form as the OpenAI SDK sends it (its size limits are :func:`read_form`'s):
+
+    =========================== =========================================================
+    ``file``                    required; at most ``--max-file-mb`` (25, OpenAI's limit;
+                                413 beyond); any format :func:`~.audio_codec.decode_audio`
+                                reads (400 with the reason when it cannot)
+    ``model``                   ignored: the worker serves its one model
+    ``language``                ISO-639-1 code or English name; detected when absent
+    ``prompt``                  Whisper's ``initial_prompt``
+    ``temperature``             0-1. Absent or 0: Whisper's fallback schedule (0, 0.2 ...
+                                1.0, retried when the output looks wrong, like OpenAI); > 0:
+                                that one
+    ``response_format``         ``json`` (default, ``{"text"}``), ``text``, ``srt``, ``vtt``,
+                                ``verbose_json``
+    ``timestamp_granularities`` ``segment`` / ``word``; ``word`` adds top-level ``words`` to
+                                ``verbose_json`` (it costs an alignment pass)
+    =========================== =========================================================
+    """
     if audio is None:
         raise ApiError(
             400, "missing required parameter 'file' (the audio)", param="file", code="missing"

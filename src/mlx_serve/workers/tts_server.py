@@ -5,33 +5,7 @@ Serves OpenAI's ``POST /v1/audio/speech`` for one mlx-audio TTS model, on the
 CPU-only MLX that server calls ``mx.new_stream(mx.gpu)`` and hangs, and it would load models
 per request by name, where a worker serves exactly one.
 
-Loading: ``mlx_audio.tts.utils.load_model`` picks the architecture from ``config.json``. The
-load ends with a warm-up: one short utterance (bounded to a few tokens when the model takes
-``max_tokens``; ~0.15 s for the tiny test model), so a ready worker is one whose model has
-produced audio, and a model that loads but cannot generate fails at start, with its
-traceback in the worker log, instead of on the first request.
-
-Request body (JSON):
-
-=================== =====================================================================
-``input``           required, non-empty, at most ``--max-input-chars`` (4096, OpenAI's
-                    limit) characters; else 400
-``model``           ignored: the worker serves its one model
-``voice``           passed to the model if its ``generate`` takes a voice, else ignored
-``speed``           0.25-4.0 (default 1). Passed to the model if it takes ``speed``; otherwise
-                    applied to the audio (ffmpeg ``atempo``, pitch kept; resampling without
-                    ffmpeg)
-``response_format`` ``wav`` (default), ``mp3``, ``flac``, ``opus``, ``aac``, ``pcm``; mp3, opus
-                    and aac need ffmpeg, and are a 400 naming it when it is missing
-``stream``          optional bool; ``stream_format`` may be ``audio`` (``sse`` is a 400)
-``instructions``    accepted and ignored
-=================== =====================================================================
-
-``pcm`` (16-bit little-endian mono at 24 kHz, like OpenAI's; ``X-Sample-Rate`` says so) is
-always sent chunked, one chunk per segment the model yields (mlx-audio models split the input
-at newlines, Soprano also at sentences), so playback can start before generation ends. Other
-formats need the whole clip (their headers hold its length) and come as one body. Generation
-stops early if the client goes away.
+The request body: :func:`parse_speech_request`; the answer, whole or streamed: :func:`speech`.
 """
 
 from __future__ import annotations
@@ -133,6 +107,10 @@ def _imports() -> None:
 
 
 def _load(path: Path, args: argparse.Namespace) -> TtsModel:
+    """Load the model and warm it up (:func:`_warm_up`).
+
+    ``mlx_audio.tts.utils.load_model`` picks the architecture from ``config.json``.
+    """
     from mlx_audio.tts.utils import load_model  # noqa: PLC0415 -- imported in _imports
 
     # mlx-audio resolves a *string* through the hub cache; a Path must exist locally.
@@ -156,6 +134,13 @@ def _load(path: Path, args: argparse.Namespace) -> TtsModel:
 
 
 def _warm_up(tts: TtsModel) -> None:
+    """One short utterance, the warm-up the load ends with.
+
+    Bounded to a few tokens when the model takes ``max_tokens`` (~0.15 s for the tiny test
+    model), so a ready worker is one whose model has produced audio, and a model that loads but
+    cannot generate fails at start, with its traceback in the worker log, instead of on the
+    first request.
+    """
     kwargs = tts.generate_kwargs(None, 1.0)
     if "max_tokens" in tts.accepts:
         kwargs["max_tokens"] = _WARMUP_MAX_TOKENS
@@ -197,7 +182,14 @@ def _add_routes(app: web.Application) -> None:
 
 
 async def speech(request: web.Request) -> web.StreamResponse:
-    """``POST /v1/audio/speech``: the whole clip in one body, or pcm chunk by chunk."""
+    """``POST /v1/audio/speech``: the whole clip in one body, or pcm chunk by chunk.
+
+    ``pcm`` (16-bit little-endian mono at 24 kHz, like OpenAI's; ``X-Sample-Rate`` says so) is
+    always sent chunked, one chunk per segment the model yields (mlx-audio models split the
+    input at newlines, Soprano also at sentences), so playback can start before generation
+    ends. Other formats need the whole clip (their headers hold its length) and come as one
+    body. Generation stops early if the client goes away.
+    """
     server: ModelServer[TtsModel] = request.app[MODEL_SERVER]
     tts = server.model
     body = await _json_body(request)
@@ -338,7 +330,22 @@ def _finite(value: float) -> bool:
 
 
 def parse_speech_request(body: dict[str, Any], *, max_chars: int) -> SpeechRequest:
-    """Validate an OpenAI speech body; every mistake is a 400 naming the parameter."""
+    """Validate an OpenAI speech body; every mistake is a 400 naming the parameter.
+
+    =================== ===================================================================
+    ``input``           required, non-empty, at most ``--max-input-chars`` (4096, OpenAI's
+                        limit) characters; else 400
+    ``model``           ignored: the worker serves its one model
+    ``voice``           passed to the model if its ``generate`` takes a voice, else ignored
+    ``speed``           0.25-4.0 (default 1). Passed to the model if it takes ``speed``;
+                        otherwise applied to the audio (ffmpeg ``atempo``, pitch kept;
+                        resampling without ffmpeg)
+    ``response_format`` ``wav`` (default), ``mp3``, ``flac``, ``opus``, ``aac``, ``pcm``; mp3,
+                        opus and aac need ffmpeg, and are a 400 naming it when it is missing
+    ``stream``          optional bool; ``stream_format`` may be ``audio`` (``sse`` is a 400)
+    ``instructions``    accepted and ignored
+    =================== ===================================================================
+    """
     text = body.get("input")
     if text is None:
         raise ApiError(400, "missing required parameter 'input'", param="input", code="missing")

@@ -41,7 +41,8 @@ from aiohttp import web
 from mlx_serve.errors import ApiError
 from mlx_serve.router.calls import Reply, call_model
 from mlx_serve.router.keys import SUPERVISOR
-from mlx_serve.router.openai_routes import prepare, read_json_object, resolve_model
+from mlx_serve.router.prepare import prepare, resolve_model
+from mlx_serve.router.request_body import read_json_object
 
 log = logging.getLogger("mlx_serve.router.anthropic")
 

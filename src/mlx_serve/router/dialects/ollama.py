@@ -51,14 +51,14 @@ from mlx_serve.grammar import with_article
 from mlx_serve.router.calls import Reply, call_model
 from mlx_serve.router.keys import SUPERVISOR
 from mlx_serve.router.management import delete_model_files
-from mlx_serve.router.openai_routes import (
+from mlx_serve.router.prepare import (
     Prepared,
     lifecycle_error,
     pop_keep_alive,
     prepare,
-    read_json_object,
     resolve_or_404,
 )
+from mlx_serve.router.request_body import read_json_object
 from mlx_serve.supervisor import (
     QueueFull,
     ShuttingDown,

@@ -7,37 +7,9 @@ metrics apply as on ``/v1/chat/completions``; the worker's answer, whole or stre
 Response (:class:`Translation`). Both directions are pure functions of JSON, tested without a
 worker.
 
-What is translated:
-
-- ``input`` (a string, or ``message`` / ``function_call`` / ``function_call_output`` items;
-  ``developer`` messages become ``system`` ones, ``input_image`` parts ``image_url`` parts),
-  ``instructions`` (a first system message), ``max_output_tokens`` (``max_tokens``),
-  ``temperature``, ``top_p``, ``parallel_tool_calls``, function ``tools``, ``tool_choice``,
-  ``text.format`` (``response_format``), ``stream`` (with the usage chunk asked for) and our
-  ``keep_alive``. Sampling extensions mlx_lm reads (``top_k``, ``min_p``, ``seed``, ...) pass
-  through.
-- The worker's reasoning text (mlx_lm's ``reasoning``), when a thinking model produces it, comes
-  back as a ``reasoning`` output item; ``reasoning`` items in the input are dropped (chat
-  templates drop past reasoning too).
-
-Accepted and ignored, because nothing here could honour them and refusing would break clients
-that always send them: ``reasoning`` (the model thinks or not as its chat template makes it),
-``include`` (there is no encrypted reasoning, logprobs or tool source to add), ``truncation``
-(the input is never truncated: too long an input gets the worker's error; the Response says
-``"disabled"``), ``metadata`` and ``user`` (echoed), ``service_tier``, ``prompt_cache_key``,
-``safety_identifier``, ``max_tool_calls``, ``text.verbosity``.
-
-Refused with a 400 naming the field: tools other than ``function`` (web search, file search,
-computer use... run on OpenAI's side), ``background: true``, ``conversation``, ``prompt``
-(stored prompt templates), ``item_reference`` and other input item types, ``input_file`` parts
-and images by ``file_id`` (there is no Files API).
-
-``previous_response_id`` is served from a bounded in-memory store (:class:`ResponseStore`: the
-last :data:`STORE_LIMIT` responses, at most :data:`STORE_BYTES` of JSON, least recently used
-first out; ``store: false`` responses are not kept). A response remembers its whole input, so a
-chain survives the eviction of its older links; ``instructions`` are not carried over, as on
-OpenAI. The store is lost on restart, and an unknown id is a 400 saying so.
-``GET``/``DELETE /v1/responses/{id}`` read and drop stored responses.
+What is translated: :func:`to_chat`; what is accepted and ignored, or refused:
+:func:`refuse_unsupported`; ``previous_response_id`` and ``GET``/``DELETE``:
+:class:`ResponseStore`.
 """
 
 from __future__ import annotations
@@ -57,7 +29,8 @@ from mlx_serve.errors import ApiError
 from mlx_serve.grammar import with_article
 from mlx_serve.router.calls import call_model
 from mlx_serve.router.keys import SUPERVISOR
-from mlx_serve.router.openai_routes import Prepared, prepare, read_json_object
+from mlx_serve.router.prepare import Prepared, prepare
+from mlx_serve.router.request_body import read_json_object
 from mlx_serve.supervisor import Supervisor
 
 Json = dict[str, Any]
@@ -116,7 +89,15 @@ class Stored:
 
 
 class ResponseStore:
-    """The last responses, for ``previous_response_id`` and ``GET /v1/responses/{id}``."""
+    """The last responses, for ``previous_response_id`` and ``GET /v1/responses/{id}``.
+
+    ``previous_response_id`` is served from this bounded in-memory store (the last
+    :data:`STORE_LIMIT` responses, at most :data:`STORE_BYTES` of JSON, least recently used
+    first out; ``store: false`` responses are not kept). A response remembers its whole input,
+    so a chain survives the eviction of its older links; ``instructions`` are not carried over,
+    as on OpenAI. The store is lost on restart, and an unknown id is a 400 saying so.
+    ``GET``/``DELETE /v1/responses/{id}`` read and drop stored responses.
+    """
 
     def __init__(self, limit: int = STORE_LIMIT, max_bytes: int = STORE_BYTES) -> None:
         self.limit = limit
@@ -176,7 +157,16 @@ RESPONSES = web.AppKey("responses", ResponseStore)
 
 def to_chat(body: Json, history: list[Json]) -> tuple[Json, list[Json]]:
     """The chat request for a Responses ``body`` continuing ``history``, and the input items
-    it answers (``history`` and the body's own), to store with its response."""
+    it answers (``history`` and the body's own), to store with its response.
+
+    What is translated: ``input`` (a string, or ``message`` / ``function_call`` /
+    ``function_call_output`` items; ``developer`` messages become ``system`` ones,
+    ``input_image`` parts ``image_url`` parts), ``instructions`` (a first system message),
+    ``max_output_tokens`` (``max_tokens``), ``temperature``, ``top_p``, ``parallel_tool_calls``,
+    function ``tools``, ``tool_choice``, ``text.format`` (``response_format``), ``stream`` (with
+    the usage chunk asked for) and our ``keep_alive``. Sampling extensions mlx_lm reads
+    (``top_k``, ``min_p``, ``seed``, ...) pass through.
+    """
     refuse_unsupported(body)
     items = [*history, *input_items(body.get("input"))]
     messages = to_messages(items)
@@ -200,6 +190,21 @@ def to_chat(body: Json, history: list[Json]) -> tuple[Json, list[Json]]:
 
 
 def refuse_unsupported(body: Json) -> None:
+    """Refuse the fields that ask for what mlx-serve cannot do.
+
+    Refused with a 400 naming the field (here, or where the field is read): tools other than
+    ``function`` (web search, file search, computer use... run on OpenAI's side),
+    ``background: true``, ``conversation``, ``prompt`` (stored prompt templates),
+    ``item_reference`` and other input item types, ``input_file`` parts and images by
+    ``file_id`` (there is no Files API).
+
+    Accepted and ignored, because nothing here could honour them and refusing would break
+    clients that always send them: ``reasoning`` (the model thinks or not as its chat template
+    makes it), ``include`` (there is no encrypted reasoning, logprobs or tool source to add),
+    ``truncation`` (the input is never truncated: too long an input gets the worker's error;
+    the Response says ``"disabled"``), ``metadata`` and ``user`` (echoed), ``service_tier``,
+    ``prompt_cache_key``, ``safety_identifier``, ``max_tool_calls``, ``text.verbosity``.
+    """
     if body.get("background"):
         raise bad(
             "background responses are not supported: mlx-serve answers while the request is "
@@ -249,6 +254,8 @@ def input_items(value: object) -> list[Json]:
 
 
 def to_messages(items: list[Json]) -> list[Json]:
+    """Chat messages for the input items; ``reasoning`` items are dropped (chat templates drop
+    past reasoning too)."""
     messages: list[Json] = []
     for item in items:
         kind = item.get("type") or ("message" if "role" in item else None)
@@ -535,6 +542,9 @@ class Item:
 
 class Translation:
     """Chat completion chunks in, the Response and its stream events out.
+
+    The worker's reasoning text (mlx_lm's ``reasoning``), when a thinking model produces it,
+    comes back as a ``reasoning`` output item.
 
     A whole (non-streamed) completion is fed as one chunk, so both ways build the same output:
     items in the order the model produced them, each announced, filled and closed before the
