@@ -12,7 +12,9 @@ Every async test runs under :class:`LoopBlockGuard` (the autouse fixture
 ``MLX_SERVE_TEST_LOOP_BLOCK_MS`` (100 ms by default; 0 turns the guard off) fails, with the
 stack that held the loop. Time the loop thread spent waiting for a CPU (a loaded machine),
 for the garbage collector or for the GIL (the test's own threads) is not counted as
-blocking. Only the test's body is watched, not its fixtures. ``MLX_SERVE_TEST_STALL_LOG=file``
+blocking, and neither is a late heartbeat while the loop thread sat idle in its selector or
+one the watchdog never caught in the act (the whole process was held, not the loop). Only
+the test's body is watched, not its fixtures. ``MLX_SERVE_TEST_STALL_LOG=file``
 appends every stall to ``file``.
 """
 
@@ -211,6 +213,10 @@ def _waited(before: dict[str, int], now: dict[str, int]) -> float:
     return sum(wait - before.get(tid, 0) for tid, wait in now.items()) / 1e9
 
 
+#: :attr:`Stall.stack` when the watchdog caught none.
+NO_STACK = "(no stack captured)"
+
+
 @dataclass(frozen=True)
 class Stall:
     """One time the loop could not run: for how long (``blocked_s``: see
@@ -246,6 +252,11 @@ def _loop_stack(frame: FrameType) -> str:
         if i >= innermost or (f.filename.startswith(_PROJECT) and ".venv" not in f.filename)
     ]  # fmt: skip
     return "".join(traceback.format_list(kept))
+
+
+def _in_selector(frame: FrameType) -> bool:
+    """Is this innermost frame the event loop waiting for I/O (``selectors``' select/poll)?"""
+    return frame.f_code.co_name == "select" and frame.f_code.co_filename.endswith("selectors.py")
 
 
 class _GcClock:
@@ -285,6 +296,10 @@ class LoopBlockGuard:
         self._beat_at = time.monotonic()
         self._before: tuple[dict[str, int], float, float, float] = ({}, 0.0, 0.0, 0.0)
         self._stack = ""
+        #: The watchdog found the loop thread waiting in its selector while the heartbeat was
+        #: overdue: the loop was free, the OS woke it late (a timer or a wake-up the
+        #: CPU-wait accounting does not see). Not code holding the loop: not a stall.
+        self._idle = False
         self._loop_thread = threading.get_ident()
         self._stop = threading.Event()
         self._gc = _GcClock()
@@ -306,9 +321,10 @@ class LoopBlockGuard:
             blocked = late - waited - others - collecting
         else:
             blocked = min(late, mine) - collecting
-        if blocked > self.threshold_s:
-            self.stalls.append(Stall(blocked, late, self._stack or "(no stack captured)"))
+        if blocked > self.threshold_s and not self._idle:
+            self.stalls.append(Stall(blocked, late, self._stack or NO_STACK))
         self._beat_at, self._before, self._stack = time.monotonic(), self._clocks(), ""
+        self._idle = False
 
     async def _beat(self) -> None:
         while True:
@@ -319,10 +335,12 @@ class LoopBlockGuard:
         """Capture the loop thread's stack once per stall, while it is stalled."""
         while not self._stop.wait(self.INTERVAL):
             overdue = time.monotonic() - self._beat_at - self.INTERVAL
-            if overdue > self.threshold_s / 2 and not self._stack:
+            if overdue > self.threshold_s / 2 and (not self._stack or self._idle):
+                # (Re-sampled while idle: code may take the loop once it wakes.)
                 frame = sys._current_frames().get(self._loop_thread)
                 if frame is not None:
                     self._stack = _loop_stack(frame)
+                    self._idle = _in_selector(frame)
 
     async def run(self, test: Awaitable[T]) -> T:
         self._loop_thread = threading.get_ident()
@@ -373,9 +391,13 @@ def loop_block_guard(request: pytest.FixtureRequest) -> Iterator[LoopBlockGuard 
         finally:
             if STALL_LOG and guard.stalls:
                 _log_stalls(Path(STALL_LOG), item.nodeid, guard.stalls)
-        if guard.stalls and not tolerated:
-            worst = max(guard.stalls, key=lambda s: s.blocked_s)
-            pytest.fail(f"{len(guard.stalls)} stall(s) of the event loop; the worst: {worst}")
+        # A stall whose stack the watchdog never caught is not held against the test: the
+        # watchdog thread could not run at all (the whole process was held: page faults,
+        # the host), so nothing says the test's code held the loop. (Still logged.)
+        seen = [s for s in guard.stalls if s.stack != NO_STACK]
+        if seen and not tolerated:
+            worst = max(seen, key=lambda s: s.blocked_s)
+            pytest.fail(f"{len(seen)} stall(s) of the event loop; the worst: {worst}")
 
     item.obj = guarded
     try:

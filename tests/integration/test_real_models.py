@@ -151,11 +151,12 @@ async def test_every_dialect_gets_the_answer(run: Running) -> None:
         )
     assert "4" in response.output_text, response.output_text
 
-    chat = await ollama.AsyncClient(host=run.url, timeout=300).chat(
-        model="smollm2:135m",
-        messages=[{"role": "user", "content": QUESTION}],
-        options={"temperature": 0, "num_predict": MAX_TOKENS},
-    )
+    async with ollama.AsyncClient(host=run.url, timeout=300) as api:
+        chat = await api.chat(
+            model="smollm2:135m",
+            messages=[{"role": "user", "content": QUESTION}],
+            options={"temperature": 0, "num_predict": MAX_TOKENS},
+        )
     assert "4" in (chat.message.content or ""), chat.message.content
 
 

@@ -14,6 +14,8 @@ reaches the network (``LITELLM_LOCAL_MODEL_COST_MAP``).
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -211,8 +213,10 @@ async def test_swaps_with_a_text_model_one_at_a_time(run: Running) -> None:
 @pytest.mark.asyncio(loop_scope="module")
 # litellm's rerank types trip a pydantic warning the first time they are built in a process.
 @pytest.mark.filterwarnings("ignore:Items .*ReadOnly.*:UserWarning")
+@pytest.mark.loop_block_ok("litellm builds its pydantic types on the caller's loop on first use")
 async def test_litellm_rerank_clients(run: Running) -> None:
-    import litellm
+    # Imported off the loop: litellm's first import takes seconds (the loop-block guard).
+    litellm: Any = await asyncio.to_thread(importlib.import_module, "litellm")
 
     common: dict[str, Any] = {
         "query": QUERY,

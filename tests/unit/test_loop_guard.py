@@ -26,9 +26,10 @@ async def test_a_busy_callback_is_a_stall_with_its_stack(
     await asyncio.sleep(LoopBlockGuard.INTERVAL * 2)
     spin(0.3)
     await asyncio.sleep(LoopBlockGuard.INTERVAL * 2)  # the heartbeat wakes, late
-    (stall,) = loop_block_guard.stalls
-    assert stall.blocked_s > 0.2
-    assert "in spin" in stall.stack, stall.stack
+    # (A loaded machine may add a stall of its own around it: only the spin's is asserted.)
+    spins = [s for s in loop_block_guard.stalls if "in spin" in s.stack]
+    assert len(spins) == 1, loop_block_guard.stalls
+    assert spins[0].blocked_s > 0.2
 
 
 @pytest.mark.loop_block_ok("blocks the loop on purpose")
@@ -38,7 +39,7 @@ async def test_a_blocking_sleep_is_a_stall_too(loop_block_guard: LoopBlockGuard 
     await asyncio.sleep(LoopBlockGuard.INTERVAL * 2)
     time.sleep(0.3)  # noqa: ASYNC251 - the point of the test
     await asyncio.sleep(LoopBlockGuard.INTERVAL * 2)
-    assert [s.blocked_s > 0.2 for s in loop_block_guard.stalls] == [True]
+    assert any(s.blocked_s > 0.2 for s in loop_block_guard.stalls), loop_block_guard.stalls
 
 
 async def test_short_steps_are_not_stalls(loop_block_guard: LoopBlockGuard | None) -> None:
