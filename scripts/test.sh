@@ -14,7 +14,7 @@ echo "== pytest"
 # The whole suite (no arguments) also reports coverage and fails under the floor; a chosen
 # subset does not, since its coverage says nothing about the whole.
 cov=()
-[ "$#" -eq 0 ] && cov=(--cov=mlx_serve --cov-report=term:skip-covered --cov-fail-under=81)
+[ "$#" -eq 0 ] && cov=(--cov=mlx_serve --cov-report=term:skip-covered --cov-fail-under=81 --durations=25)
 set +e
 .venv/bin/pytest ${cov[@]+"${cov[@]}"} "$@"
 rc=$?

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,11 +83,7 @@ class InProcessWorker:
         if self.returncode is not None:
             return
         runner = web.AppRunner(self.app, handler_cancellation=True, shutdown_timeout=1.0)
-        with warnings.catch_warnings():
-            # The fake worker keeps its loader task under a plain string key (harmless; it
-            # is only an error here because the tests turn warnings into errors).
-            warnings.simplefilter("ignore", web.NotAppKeyWarning)
-            await runner.setup()
+        await runner.setup()
         await web.TCPSite(runner, self.host, self.port).start()
         self._runner = runner
         self.log(f"fake worker pid {self.pid} on port {self.port}")

@@ -15,8 +15,16 @@ from typer.testing import CliRunner
 
 from mlx_serve.cli.main import app
 from mlx_serve.config import load_config
+from mlx_serve.demo import REAL_CHAT, REAL_STT
+from mlx_serve.demo_assets import QUICK_BROWN_FOX_TEXT
+from mlx_serve.tiny_models import (
+    RealModelUnavailable,
+    build_smollm2_model,
+    build_whisper_tiny_model,
+)
 from mlx_serve.workers.process import free_port
 from tests.integration.conftest import StartServer
+from tests.unit.test_real_model_builders import shared_real_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +91,18 @@ def test_start_with_a_bad_config_names_file_line_and_key(tmp_path: Path) -> None
     assert "models.yaml:3" in result.output and "idle_timout" in result.output
 
 
-def test_demo_runs_the_tour_to_completion(tmp_path: Path) -> None:
+def test_demo_runs_the_tour_to_completion(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The real models are built where the real-model tests find them, once per session: the
+    # demo finds finished builds in its models directory and uses them as they are.
+    models = tmp_path / "models"
+    models.mkdir()
+    real = []
+    for name, build in ((REAL_CHAT, build_smollm2_model), (REAL_STT, build_whisper_tiny_model)):
+        with contextlib.suppress(RealModelUnavailable):  # then the demo says so and goes on
+            (models / name).symlink_to(build(shared_real_model_dir(tmp_path_factory, name)))
+            real.append(name)
     port = free_port()
     argv = [sys.executable, "-m", "mlx_serve.cli.main", "demo", "--exit"]
     argv += ["--port", str(port), "--workdir", str(tmp_path)]
@@ -100,3 +119,9 @@ def test_demo_runs_the_tour_to_completion(tmp_path: Path) -> None:
     assert "the tour failed" not in result.stdout
     for dialect in ("POST /v1/messages", "POST /v1/responses", "POST /api/chat", "count_tokens"):
         assert dialect in result.stdout, dialect
+    # A sensible real answer and a real transcription (lines may wrap in the console).
+    if REAL_CHAT in real:
+        assert "smollm2: 'The answer to this classic math problem is 4.'" in result.stdout
+    if REAL_STT in real:
+        said = " ".join(result.stdout.split("whisper-tiny-en: ", 1)[1].split())
+        assert said.startswith(f"'{QUICK_BROWN_FOX_TEXT}'"), said[:200]

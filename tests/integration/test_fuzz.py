@@ -83,7 +83,12 @@ from tests.conftest import error_code
 if TYPE_CHECKING:
     from tests.integration.conftest import Running, StartServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # Thousands of generated requests through the same checks: tracing them for the coverage
+    # report cost a third more time (25 s) and added nothing the other tests do not cover.
+    pytest.mark.no_cover,
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_MODULE = "tests.integration.test_fuzz"
