@@ -255,8 +255,17 @@ def _loop_stack(frame: FrameType) -> str:
 
 
 def _in_selector(frame: FrameType) -> bool:
-    """Is this innermost frame the event loop waiting for I/O (``selectors``' select/poll)?"""
-    return frame.f_code.co_name == "select" and frame.f_code.co_filename.endswith("selectors.py")
+    """Was the loop thread free when caught: waiting for I/O (``selectors``' select/poll), or
+    already back in the guard's own heartbeat (the hold ended before the watchdog looked)?"""
+    code = frame.f_code
+    if code.co_name == "select" and code.co_filename.endswith("selectors.py"):
+        return True
+    inner: FrameType | None = frame
+    while inner is not None:
+        if inner.f_code.co_filename == __file__ and inner.f_code.co_name in ("_beat", "_check"):
+            return True
+        inner = inner.f_back
+    return False
 
 
 class _GcClock:
