@@ -102,8 +102,8 @@ def demo_models(models_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 #: Names of real models the tour leaves out (comma-separated), as if their package were
-#: missing: the test suite runs the tour without Whisper, whose 30 s window costs ~30 s of a
-#: CPU-only box, and which the real-model tests already serve.
+#: missing. The test suite sets it: on a CPU-only box the real models add a minute to the tour
+#: (Whisper's 30 s window alone ~30 s), and the real-model tests serve them already.
 SKIP_REAL_ENV = "MLX_SERVE_DEMO_SKIP_REAL"
 
 

@@ -148,7 +148,9 @@ NAMES = ["t", "tee", "org/t:latest", "v", "e", "s", "w", "r"]
 TEXT_NAMES = ["t", "tee", "org/t:latest"]
 
 FUZZ = settings(
-    max_examples=100,
+    # Derandomized: the same examples every run. 50 per property keeps the suite inside its
+    # 10 minutes on 2 cores (100 cost ~35 s more).
+    max_examples=50,
     deadline=None,
     derandomize=True,
     database=None,
