@@ -237,10 +237,17 @@ class Stall:
 _PROJECT = str(Path(__file__).resolve().parents[1])
 
 
-def _loop_stack(frame: FrameType) -> str:
+def _loop_stack(frame: FrameType) -> tuple[str, bool]:
     """What a stalled loop thread was running: from the callback the loop called, the frames
-    of this project's code (where the call was made) and the innermost few (what it was)."""
+    of this project's code (where the call was made) and the innermost few (what it was);
+    and whether it was free when caught: waiting for I/O in its selector, or already back in
+    the guard's own heartbeat (the hold ended before the watchdog looked). Both from one
+    extraction: the thread runs on, and a frame's callers are gone once it returns."""
     frames = traceback.extract_stack(frame)
+    idle = bool(frames) and (
+        (frames[-1].name == "select" and frames[-1].filename.endswith("selectors.py"))
+        or any(f.name in ("_beat", "_check") and f.filename.endswith("conftest.py") for f in frames)
+    )
     start = max(
         (i + 1 for i, f in enumerate(frames) if f.name == "_run" and "asyncio" in f.filename),
         default=0,
@@ -251,21 +258,7 @@ def _loop_stack(frame: FrameType) -> str:
         f for i, f in enumerate(called)
         if i >= innermost or (f.filename.startswith(_PROJECT) and ".venv" not in f.filename)
     ]  # fmt: skip
-    return "".join(traceback.format_list(kept))
-
-
-def _in_selector(frame: FrameType) -> bool:
-    """Was the loop thread free when caught: waiting for I/O (``selectors``' select/poll), or
-    already back in the guard's own heartbeat (the hold ended before the watchdog looked)?"""
-    code = frame.f_code
-    if code.co_name == "select" and code.co_filename.endswith("selectors.py"):
-        return True
-    inner: FrameType | None = frame
-    while inner is not None:
-        if inner.f_code.co_filename == __file__ and inner.f_code.co_name in ("_beat", "_check"):
-            return True
-        inner = inner.f_back
-    return False
+    return "".join(traceback.format_list(kept)), idle
 
 
 class _GcClock:
@@ -349,8 +342,7 @@ class LoopBlockGuard:
                 # (Re-sampled while idle: code may take the loop once it wakes.)
                 frame = sys._current_frames().get(self._loop_thread)
                 if frame is not None:
-                    self._stack = _loop_stack(frame)
-                    self._idle = _in_selector(frame)
+                    self._stack, self._idle = _loop_stack(frame)
 
     async def run(self, test: Awaitable[T]) -> T:
         self._loop_thread = threading.get_ident()
