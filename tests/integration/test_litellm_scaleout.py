@@ -48,9 +48,6 @@ pytestmark = [
     # litellm's Router runs blocking work on the loop it is called from (it builds pydantic
     # schemas on first use, ~0.2-2 s): the client's stalls, not the server's.
     pytest.mark.loop_block_ok("litellm's Router builds pydantic schemas on the caller's loop"),
-    # ... and pydantic warns while it builds them (litellm's TypedDicts use ReadOnly): a
-    # warning from a third party's internals, which the suite's "error" filter would raise.
-    pytest.mark.filterwarnings("ignore:Items .* are using the `ReadOnly` qualifier:UserWarning"),
 ]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -211,8 +211,6 @@ async def test_swaps_with_a_text_model_one_at_a_time(run: Running) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="module")
-# litellm's rerank types trip a pydantic warning the first time they are built in a process.
-@pytest.mark.filterwarnings("ignore:Items .*ReadOnly.*:UserWarning")
 @pytest.mark.loop_block_ok("litellm builds its pydantic types on the caller's loop on first use")
 async def test_litellm_rerank_clients(run: Running) -> None:
     # Imported off the loop: litellm's first import takes seconds (the loop-block guard).

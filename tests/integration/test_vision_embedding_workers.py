@@ -126,7 +126,9 @@ async def embedder(
     await stop_worker(worker.proc)
 
 
+@pytest.fixture(scope="module")
 def tokenizer() -> Any:
+    """MiniLM's tokenizer, loaded outside the tests' event loop (it reads and parses a file)."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(embedding_model_dir() / "tokenizer.json"))
@@ -167,13 +169,13 @@ async def test_embed_a_string(embedder: Worker) -> None:
     assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
 
 
-async def test_similarity_is_meaningful(embedder: Worker) -> None:
+async def test_similarity_is_meaningful(embedder: Worker, tokenizer: Any) -> None:
     texts = ["cat", "kitten", "stock market"]
     status, body = await embedder.post("/v1/embeddings", {"model": "m", "input": texts})
     assert status == 200, body
     cat, kitten, stocks = vectors(body)
     assert float(cat @ kitten) > float(cat @ stocks) + 0.3
-    expected = sum(len(tokenizer().encode(t).ids) for t in texts)
+    expected = sum(len(tokenizer.encode(t).ids) for t in texts)
     assert body["usage"]["prompt_tokens"] == expected
 
 
@@ -200,8 +202,8 @@ async def test_dimensions_truncate_and_renormalize(embedder: Worker) -> None:
     np.testing.assert_allclose(vector, prefix / np.linalg.norm(prefix), rtol=1e-5, atol=1e-6)
 
 
-async def test_token_ids_are_this_models_tokens(embedder: Worker) -> None:
-    ids = tokenizer().encode("a sleeping kitten", add_special_tokens=False).ids
+async def test_token_ids_are_this_models_tokens(embedder: Worker, tokenizer: Any) -> None:
+    ids = tokenizer.encode("a sleeping kitten", add_special_tokens=False).ids
     _, by_text = await embedder.post("/v1/embeddings", {"model": "m", "input": "a sleeping kitten"})
     status, flat = await embedder.post("/v1/embeddings", {"model": "m", "input": ids})
     assert status == 200, flat
