@@ -263,7 +263,7 @@ class Supervisor:
             log.exception("checking the files of %s failed", model.path)
             return None
 
-    def check_files(self, name: str) -> None:
+    async def check_files(self, name: str) -> None:
         """Before a request waits for ``name``: are its files there to start it?
 
         Yes (or it runs already, or they are being pulled): return. A hub repo not in the
@@ -272,14 +272,19 @@ class Supervisor:
         at once: no worker is started for files that are not there, and it is no crash.
         """
         worker = self.workers[name]
-        if (
-            worker.state is WorkerState.READY
-            or worker.files_busy is not None  # being deleted: the start refuses, saying so
-            or self.pulls.pulling(name)
-        ):
+
+        def settled() -> bool:
+            return (
+                worker.state is WorkerState.READY
+                or worker.files_busy is not None  # being deleted: the start refuses, saying so
+                or self.pulls.pulling(name)
+            )
+
+        if settled():
             return
-        missing = worker.missing_files()
-        if missing is None or self._auto_pull(worker, missing):
+        missing = await asyncio.to_thread(worker.missing_files)  # off the loop: it stats files
+        # Asked again: while the disk was read, the model may have started or a pull begun.
+        if missing is None or settled() or self._auto_pull(worker, missing):
             return
         error = ModelFilesMissing(name, missing)
         self.events.emit(
@@ -454,7 +459,7 @@ class Supervisor:
         worker = self.workers.get(name)
         if worker is None:  # removed by a config reload after the router resolved the name
             raise WorkerStartError(name, "the model was removed from the config")
-        self.check_files(name)
+        await self.check_files(name)
         queued_at = self.clock.now()
         await self.scheduler.acquire(name, count=count)
         try:

@@ -360,7 +360,8 @@ class ManagedWorker:
                 return
             if self.files_busy is not None:
                 raise WorkerStartError(self.name, self.files_busy, code="files_busy")
-            missing = self.missing_files()
+            # Disk checks run off the loop: a slow disk must not hold every other stream.
+            missing = await asyncio.to_thread(self.missing_files)
             if missing is not None:
                 # Nothing to start (the worker would fail on its own, seconds later and
                 # less clearly); not a crash, so no backoff, and the state stays as it is.
@@ -453,7 +454,7 @@ class ManagedWorker:
         """Preflight, spawn (or adopt a spare), and wait for the model to answer; raise
         WorkerStartError."""
         self.proc = None
-        refusal = self._preflight(self.model)
+        refusal = await asyncio.to_thread(self._preflight, self.model)  # stats files, too
         if refusal is not None:
             raise WorkerStartError(self.name, refusal, code="insufficient_memory")
         spare = self._spares.take(self.model) if self._spares is not None else None
