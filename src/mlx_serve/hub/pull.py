@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -228,6 +229,11 @@ async def _reap(proc: asyncio.subprocess.Process, drain: asyncio.Task[None]) -> 
         raise
     finally:
         drain.cancel()
+        if not job.done():
+            # Abandoned before the reap finished (cancelled again while waiting, or the loop
+            # is going away): SIGKILL the group now, synchronously, so no child outlives it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
         if proc.stdin is not None:
             proc.stdin.close()
 
