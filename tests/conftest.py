@@ -241,12 +241,15 @@ def _loop_stack(frame: FrameType) -> tuple[str, bool]:
     """What a stalled loop thread was running: from the callback the loop called, the frames
     of this project's code (where the call was made) and the innermost few (what it was);
     and whether it was free when caught: waiting for I/O in its selector, or already back in
-    the guard's own heartbeat (the hold ended before the watchdog looked). Both from one
+    the guard's own heartbeat (the hold ended before the watchdog looked), or in
+    ``Thread.start`` (which only waits for the OS to schedule the new thread: microseconds,
+    unless the machine is saturated, as with two test processes on two cores). All from one
     extraction: the thread runs on, and a frame's callers are gone once it returns."""
     frames = traceback.extract_stack(frame)
     idle = bool(frames) and (
         (frames[-1].name == "select" and frames[-1].filename.endswith("selectors.py"))
         or any(f.name in ("_beat", "_check") and f.filename.endswith("conftest.py") for f in frames)
+        or any(f.name == "start" and f.filename.endswith("threading.py") for f in frames[-4:])
     )
     start = max(
         (i + 1 for i, f in enumerate(frames) if f.name == "_run" and "asyncio" in f.filename),
