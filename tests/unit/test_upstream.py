@@ -183,3 +183,45 @@ async def test_a_slow_reader_pauses_the_worker_instead_of_buffering_everything()
         assert response.buffered < upstream.HIGH_WATER + 1024 * 1024
         assert len(await response.read()) == total
         response.close()
+
+
+async def test_the_next_request_goes_out_on_a_connection_opened_when_the_last_ended() -> None:
+    connections = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            await read_request(reader)
+            writer.write(b"HTTP/1.0 200 OK\r\n\r\nok")  # HTTP/1.0: the close ends the body
+
+    async with serving(answer) as port:
+        pool = upstream.Preopened()
+        try:
+            for n in range(1, 4):
+                response = await upstream.post(
+                    "127.0.0.1", port, "/x", b"{}", "application/json", preopened=pool
+                )
+                assert await response.read() == b"ok"
+                response.close()
+                # Once the response is over, the next request's connection is opened.
+                await eventually(lambda: pool.ready("127.0.0.1", port), what="an idle connection")
+                assert connections == n + 1
+        finally:
+            await pool.close()
+        assert not pool.ready("127.0.0.1", port)
+
+
+async def test_an_idle_connection_the_worker_closed_is_not_used() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()  # like a worker that stops, or times out idle connections
+
+    async with serving(hang_up) as port:
+        pool = upstream.Preopened()
+        try:
+            pool.open("127.0.0.1", port)
+            await eventually(lambda: pool.opened("127.0.0.1", port), what="the connection")
+            await eventually(lambda: not pool.ready("127.0.0.1", port), what="the worker's close")
+            assert pool.take("127.0.0.1", port) is None
+        finally:
+            await pool.close()

@@ -15,11 +15,12 @@ from mlx_serve.observability.prometheus import Metrics
 from mlx_serve.observability.request_stats import RequestStats
 from mlx_serve.router.auth import auth_middleware
 from mlx_serve.router.dialects import add_routes as add_dialect_routes
-from mlx_serve.router.keys import METRICS, STATS, SUPERVISOR
+from mlx_serve.router.keys import METRICS, STATS, SUPERVISOR, UPSTREAMS
 from mlx_serve.router.management import add_routes as add_management_routes
 from mlx_serve.router.openai_routes import ENDPOINT_ALIASES, add_routes
 from mlx_serve.router.origin import add_cors_headers, origin_middleware
 from mlx_serve.router.proxy import TRACED
+from mlx_serve.router.upstream import Preopened
 from mlx_serve.supervisor import Supervisor
 from mlx_serve.supervisor.events import Event, RequestFinished
 from mlx_serve.supervisor.memory_watch import watch_memory
@@ -43,7 +44,9 @@ def make_app(supervisor: Supervisor) -> web.Application:
     app[SUPERVISOR] = supervisor
     app[STATS] = RequestStats()
     app[METRICS] = Metrics(supervisor)
+    app[UPSTREAMS] = Preopened()
     app.cleanup_ctx.append(_observability)
+    app.on_cleanup.append(_close_upstreams)
     add_routes(app)
     add_dialect_routes(app)
     add_management_routes(app)
@@ -105,3 +108,7 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
             await watcher
         for sink in reversed(sinks):
             supervisor.events.remove_listener(sink)
+
+
+async def _close_upstreams(app: web.Application) -> None:
+    await app[UPSTREAMS].close()

@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from mlx_serve.errors import ApiError
+from mlx_serve.router.keys import UPSTREAMS
 from mlx_serve.router.prepare import Prepared, traced_lease
 from mlx_serve.router.proxy import (
     Trace,
@@ -140,7 +141,7 @@ async def call_model(request: web.Request, prepared: Prepared) -> AsyncIterator[
     )
     async with traced_lease(request, prepared.name, prepared.keep_alive, trace) as lease:
         upstream = Upstream(prepared.endpoint, prepared.payload(lease.upstream_model))
-        response = await open_upstream(lease, upstream, trace)
+        response = await open_upstream(lease, upstream, trace, request.app.get(UPSTREAMS))
         try:
             if response.status >= 400:
                 try:

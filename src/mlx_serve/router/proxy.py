@@ -24,7 +24,8 @@ from aiohttp import web
 
 from mlx_serve.errors import ApiError, outcome_code
 from mlx_serve.router import upstream as worker_http
-from mlx_serve.router.upstream import UpstreamError, UpstreamResponse
+from mlx_serve.router.keys import UPSTREAMS
+from mlx_serve.router.upstream import Preopened, UpstreamError, UpstreamResponse
 from mlx_serve.supervisor.events import RequestFinished
 
 if TYPE_CHECKING:
@@ -150,7 +151,9 @@ class _ModelRenamer:
         return data.replace(self._old, self._new) if self._old != self._new else data
 
 
-async def open_upstream(lease: Lease, upstream: Upstream, trace: Trace) -> UpstreamResponse:
+async def open_upstream(
+    lease: Lease, upstream: Upstream, trace: Trace, preopened: Preopened | None = None
+) -> UpstreamResponse:
     last: Exception | None = None
     where = urlsplit(lease.base_url)
     host, port = where.hostname or "127.0.0.1", where.port or 80
@@ -162,7 +165,12 @@ async def open_upstream(lease: Lease, upstream: Upstream, trace: Trace) -> Upstr
             break
         try:
             return await worker_http.post(
-                host, port, upstream.path, upstream.payload, upstream.content_type
+                host,
+                port,
+                upstream.path,
+                upstream.payload,
+                upstream.content_type,
+                preopened=preopened,
             )
         except UpstreamError as exc:
             if not exc.before_response:
@@ -230,7 +238,7 @@ async def forward(
     anything else (audio, subtitles, plain text) is passed through chunk by chunk untouched.
     """
     rename = _ModelRenamer(lease.upstream_model, trace.model)
-    response = await open_upstream(lease, upstream, trace)
+    response = await open_upstream(lease, upstream, trace, request.app.get(UPSTREAMS))
     try:
         if response.status >= 400:
             try:

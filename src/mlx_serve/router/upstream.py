@@ -1,7 +1,8 @@
 """The router's client for its own workers: one HTTP/1.1 request per connection, read as it comes.
 
 Why not aiohttp's client: every request pays its per-request work before the first token, and
-``mlx_lm server`` speaks HTTP/1.0 and closes each connection, so nothing is pooled anyway.
+``mlx_lm server`` speaks HTTP/1.0 and closes each connection, so nothing can be reused (the
+next request's connection is opened ahead instead: :class:`Preopened`).
 Measured on the 2-core box (``bench/results/hotpath.md``): aiohttp's client costs ~1.1 ms of
 event-loop CPU per streamed request, this one ~0.5 ms; with 8 requests arriving at once that
 work runs one request after another before anyone's first token. The scope is deliberately
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+from collections.abc import Callable
 
 #: Pause reading from the worker while this many body bytes wait for the router to take them.
 HIGH_WATER = 256 * 1024
@@ -54,6 +57,8 @@ class UpstreamResponse(asyncio.Protocol):
         self._chunk_left = 0  # bytes of the current chunk still to come
         self._chunk_buf = b""  # a chunk-size line (or its CRLF) cut by a read boundary
         self._trailer = False
+        #: Called once when the response is over (body ended, failed or closed).
+        self.on_done: Callable[[], None] | None = None
         self.status = 0
         self.headers: dict[str, str] = {}
         """Response headers, names lower-cased (our workers send no repeated header we need)."""
@@ -116,6 +121,17 @@ class UpstreamResponse(asyncio.Protocol):
     # -- the reader side ---------------------------------------------------------------------
 
     @property
+    def fresh(self) -> bool:
+        """Connected, and nothing sent or received on it yet: a request can go out on it."""
+        return (
+            self._transport is not None
+            and not self._transport.is_closing()
+            and not self._got_bytes
+            and self._error is None
+            and not self._eof
+        )
+
+    @property
     def paused(self) -> bool:
         """Reading from the worker is paused until the router takes what is buffered."""
         return self._paused
@@ -163,6 +179,7 @@ class UpstreamResponse(asyncio.Protocol):
             self._transport = None
         if not self._eof and self._error is None:
             self._error = UpstreamError("closed by the router", before_response=False)
+        self._wake()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -260,6 +277,9 @@ class UpstreamResponse(asyncio.Protocol):
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        if (self._eof or self._error is not None) and self.on_done is not None:
+            done, self.on_done = self.on_done, None
+            done()
 
 
 async def post(
@@ -270,6 +290,7 @@ async def post(
     content_type: str,
     *,
     connect_timeout: float = 10.0,
+    preopened: Preopened | None = None,
 ) -> UpstreamResponse:
     """POST ``body`` to ``http://host:port/path``; returns once the response headers are in.
 
@@ -277,15 +298,23 @@ async def post(
     reached the worker's handler (refused, reset or closed before any byte came back), which is
     when a retry is safe.
     """
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(connect_timeout):
-            transport, protocol = await loop.create_connection(UpstreamResponse, host, port)
-    except (OSError, TimeoutError) as exc:
-        raise UpstreamError(
-            f"cannot connect to {host}:{port} ({exc or type(exc).__name__})",
-            before_response=True,
-        ) from exc
+    ready = preopened.take(host, port) if preopened is not None else None
+    if ready is not None:
+        transport, protocol = ready
+    else:
+        try:
+            async with asyncio.timeout(connect_timeout):
+                transport, protocol = await asyncio.get_running_loop().create_connection(
+                    UpstreamResponse, host, port
+                )
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError(
+                f"cannot connect to {host}:{port} ({exc or type(exc).__name__})",
+                before_response=True,
+            ) from exc
+    if preopened is not None:
+        # Once this response is over, open the next request's connection.
+        protocol.on_done = lambda: preopened.open(host, port)
     transport.write(
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
@@ -297,3 +326,76 @@ async def post(
         protocol.close()
         raise
     return protocol
+
+
+class Preopened:
+    """One idle connection per worker, opened when a request to it ends, for the next one.
+
+    Why: ``mlx_lm server`` closes every connection (HTTP/1.0), so each request would start
+    with a TCP handshake and the loop iterations around it before its body can go out, all
+    on the first token's path. Opening the next connection while nothing is in flight takes
+    that off. A connection the worker closed meanwhile is dropped (not ``fresh``) when it is
+    taken; one that closes just as a request goes out fails before any response byte, which
+    :func:`post`'s callers retry. At most one per address, and none once :meth:`close` ran.
+    """
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int], tuple[asyncio.Transport, UpstreamResponse]] = {}
+        self._opening: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._closed = False
+
+    def take(self, host: str, port: int) -> tuple[asyncio.Transport, UpstreamResponse] | None:
+        """The idle connection to ``host:port``, if one is open and unused."""
+        ready = self._idle.pop((host, port), None)
+        if ready is not None and not ready[1].fresh:
+            ready[0].abort()
+            return None
+        return ready
+
+    def opened(self, host: str, port: int) -> bool:
+        """An idle connection to ``host:port`` is held (usable or not)."""
+        return (host, port) in self._idle
+
+    def ready(self, host: str, port: int) -> bool:
+        """An idle connection to ``host:port`` is held and still usable."""
+        held = self._idle.get((host, port))
+        return held is not None and held[1].fresh
+
+    def open(self, host: str, port: int) -> None:
+        """Open a connection to ``host:port`` in the background, unless one is there."""
+        key = (host, port)
+        for other, (transport, protocol) in list(self._idle.items()):
+            if not protocol.fresh:  # its worker closed it (stopped, or swapped out)
+                transport.abort()
+                del self._idle[other]
+        if self._closed or key in self._idle or key in self._opening:
+            return
+        self._opening[key] = asyncio.get_running_loop().create_task(self._open(key))
+
+    async def _open(self, key: tuple[str, int]) -> None:
+        try:
+            transport, protocol = await asyncio.get_running_loop().create_connection(
+                UpstreamResponse, *key
+            )
+        except OSError:
+            return  # the worker is gone: the next request connects (and fails) on its own
+        finally:
+            self._opening.pop(key, None)
+        assert isinstance(transport, asyncio.Transport)
+        if self._closed or key in self._idle:
+            transport.abort()
+        else:
+            self._idle[key] = (transport, protocol)
+
+    async def close(self) -> None:
+        """Drop every idle connection and stop opening new ones (the router is stopping)."""
+        self._closed = True
+        opening = list(self._opening.values())
+        for task in opening:
+            task.cancel()
+        for task in opening:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for transport, _ in self._idle.values():
+            transport.abort()
+        self._idle.clear()
