@@ -328,49 +328,66 @@ async def post(
     return protocol
 
 
+#: Idle connections held per worker address: as many as requests that may arrive together.
+#: One is not enough: in a burst, the request that got it would reach ``mlx_lm`` a
+#: handshake ahead of the rest, which then miss its batch and wait for the whole of it.
+PREOPENED_PER_WORKER = 8
+
+
 class Preopened:
-    """One idle connection per worker, opened when a request to it ends, for the next one.
+    """Idle connections to each worker, opened when requests to it end, for the next ones.
 
     Why: ``mlx_lm server`` closes every connection (HTTP/1.0), so each request would start
     with a TCP handshake and the loop iterations around it before its body can go out, all
     on the first token's path. Opening the next connection while nothing is in flight takes
     that off. A connection the worker closed meanwhile is dropped (not ``fresh``) when it is
     taken; one that closes just as a request goes out fails before any response byte, which
-    :func:`post`'s callers retry. At most one per address, and none once :meth:`close` ran.
+    :func:`post`'s callers retry. Each response that ends opens one (up to
+    :data:`PREOPENED_PER_WORKER` per address), so a worker gets as many as it served at once;
+    none once :meth:`close` ran.
     """
 
-    def __init__(self) -> None:
-        self._idle: dict[tuple[str, int], tuple[asyncio.Transport, UpstreamResponse]] = {}
-        self._opening: dict[tuple[str, int], asyncio.Task[None]] = {}
+    def __init__(self, per_worker: int = PREOPENED_PER_WORKER) -> None:
+        self._per_worker = per_worker
+        self._idle: dict[tuple[str, int], list[tuple[asyncio.Transport, UpstreamResponse]]] = {}
+        self._opening: dict[tuple[str, int], int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def take(self, host: str, port: int) -> tuple[asyncio.Transport, UpstreamResponse] | None:
-        """The idle connection to ``host:port``, if one is open and unused."""
-        ready = self._idle.pop((host, port), None)
-        if ready is not None and not ready[1].fresh:
-            ready[0].abort()
-            return None
-        return ready
+        """An idle connection to ``host:port``, if one is open and unused."""
+        held = self._idle.get((host, port))
+        while held:
+            transport, protocol = held.pop()
+            if protocol.fresh:
+                return transport, protocol
+            transport.abort()
+        return None
 
     def opened(self, host: str, port: int) -> bool:
         """An idle connection to ``host:port`` is held (usable or not)."""
-        return (host, port) in self._idle
+        return bool(self._idle.get((host, port)))
 
     def ready(self, host: str, port: int) -> bool:
         """An idle connection to ``host:port`` is held and still usable."""
-        held = self._idle.get((host, port))
-        return held is not None and held[1].fresh
+        return any(protocol.fresh for _, protocol in self._idle.get((host, port), ()))
 
     def open(self, host: str, port: int) -> None:
-        """Open a connection to ``host:port`` in the background, unless one is there."""
+        """Open one more connection to ``host:port`` in the background, unless enough are."""
         key = (host, port)
-        for other, (transport, protocol) in list(self._idle.items()):
-            if not protocol.fresh:  # its worker closed it (stopped, or swapped out)
-                transport.abort()
+        for other, held in list(self._idle.items()):
+            for pair in [pair for pair in held if not pair[1].fresh]:
+                pair[0].abort()  # its worker closed it (stopped, or swapped out)
+                held.remove(pair)
+            if not held:
                 del self._idle[other]
-        if self._closed or key in self._idle or key in self._opening:
+        count = len(self._idle.get(key, ())) + self._opening.get(key, 0)
+        if self._closed or count >= self._per_worker:
             return
-        self._opening[key] = asyncio.get_running_loop().create_task(self._open(key))
+        self._opening[key] = self._opening.get(key, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._open(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _open(self, key: tuple[str, int]) -> None:
         try:
@@ -380,22 +397,25 @@ class Preopened:
         except OSError:
             return  # the worker is gone: the next request connects (and fails) on its own
         finally:
-            self._opening.pop(key, None)
+            self._opening[key] -= 1
+            if not self._opening[key]:
+                del self._opening[key]
         assert isinstance(transport, asyncio.Transport)
-        if self._closed or key in self._idle:
+        if self._closed:
             transport.abort()
         else:
-            self._idle[key] = (transport, protocol)
+            self._idle.setdefault(key, []).append((transport, protocol))
 
     async def close(self) -> None:
         """Drop every idle connection and stop opening new ones (the router is stopping)."""
         self._closed = True
-        opening = list(self._opening.values())
-        for task in opening:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in opening:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for transport, _ in self._idle.values():
-            transport.abort()
+        for held in self._idle.values():
+            for transport, _ in held:
+                transport.abort()
         self._idle.clear()
