@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from mlx_serve.router import proxy
+from mlx_serve.router.upstream import UpstreamResponse
 from tests.integration.conftest import StartApp
 from tests.integration.inprocess import AppRun, InProcessLauncher
 
@@ -34,13 +35,15 @@ class Upstream:
     ``drop``: that many requests lose their connection before any byte is answered.
     ``cut_after``: the answer is cut after this many bytes of body (``b""``: right after
     the headers). ``events``: a stream sends this many events, then (with ``die``) the
-    connection drops instead of ``[DONE]``.
+    connection drops instead of ``[DONE]``. ``gap``: seconds between two events (``0``: the
+    next loop iteration).
     """
 
     drop: int = 0
     cut_after: int | None = None
     events: int = 3
     die: bool = False
+    gap: float | None = None
     received: list[dict[str, Any]] = field(default_factory=list)
 
     def app(self, _argv: Sequence[str]) -> web.Application:
@@ -82,6 +85,8 @@ class Upstream:
         for i in range(self.events):
             chunk = {"model": model, "choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
             await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            if self.gap is not None:
+                await asyncio.sleep(self.gap)
         if self.die:
             return await _hang_up(request)
         await resp.write(b"data: [DONE]\n\n")
@@ -197,3 +202,46 @@ async def test_the_client_sees_its_own_model_name_never_the_workers(
     # The worker was always asked for its own model: never a name it could load another by.
     assert [r["model"] for r in upstream.received] == [WORKER_PATH, WORKER_PATH]
     assert WORKER_PATH not in json.dumps([body, events])
+
+
+@pytest.fixture
+def holds(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses the relay takes in reading from workers (see ``proxy._relay_stream``)."""
+    taken: list[float] = []
+    real = UpstreamResponse.hold
+
+    async def spy(self: UpstreamResponse, seconds: float) -> None:
+        taken.append(seconds)
+        await real(self, seconds)
+
+    monkeypatch.setattr(UpstreamResponse, "hold", spy)
+    return taken
+
+
+@pytest.mark.parametrize("die", [False, True])
+async def test_a_fast_stream_is_read_in_steps_and_loses_nothing(
+    worker: tuple[AppRun, Upstream], holds: list[float], die: bool
+) -> None:
+    run, upstream = worker
+    upstream.events, upstream.gap, upstream.die = 200, 0, die
+    status, events = await stream(run, "chat")
+    assert status == 200
+    *tokens, last = events
+    assert [e["choices"][0]["delta"]["content"] for e in tokens] == [f"t{i} " for i in range(200)]
+    if die:
+        assert last["error"]["code"] == "worker_died", last
+    else:
+        assert last == "[DONE]"
+        event = await run.event("request", "chat")
+        assert event.data["completion_tokens"] == 200
+    assert holds and all(0 < h <= proxy.HOLD_MAX_S for h in holds)
+
+
+async def test_a_slow_stream_is_relayed_token_by_token(
+    worker: tuple[AppRun, Upstream], holds: list[float]
+) -> None:
+    run, upstream = worker
+    upstream.events, upstream.gap = 5, 0.02  # 50 tokens/s: faster than most real models
+    status, events = await stream(run, "chat")
+    assert status == 200 and events[-1] == "[DONE]" and len(events) == 6
+    assert holds == []

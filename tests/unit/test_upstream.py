@@ -225,3 +225,59 @@ async def test_an_idle_connection_the_worker_closed_is_not_used() -> None:
             assert pool.take("127.0.0.1", port) is None
         finally:
             await pool.close()
+
+
+async def test_a_held_response_reads_nothing_until_the_hold_ends() -> None:
+    go, written = asyncio.Event(), asyncio.Event()
+
+    async def two_parts(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabcd")
+        await go.wait()
+        writer.write(b"efghij")
+        await writer.drain()
+        written.set()
+        await reader.read()
+
+    async with serving(two_parts) as port:
+        response = await upstream.post("127.0.0.1", port, "/x", b"{}", "application/json")
+        try:
+            assert await response.readany() == b"abcd"
+            hold = asyncio.create_task(response.hold(3600))
+            await eventually(lambda: not response.reading, what="reading paused")
+            go.set()
+            await written.wait()
+            await asyncio.sleep(0.05)  # loop iterations in which a reader would have read
+            assert response.buffered == 0 and not response.reading
+            hold.cancel()  # ends the hold early: reading resumes
+            with contextlib.suppress(asyncio.CancelledError):
+                await hold
+            assert await response.read() == b"efghij"
+        finally:
+            response.close()
+        # A hold on a finished response returns at once.
+        async with asyncio.timeout(5):
+            await response.hold(3600)
+
+
+async def test_a_hold_does_not_resume_a_response_paused_for_its_buffer() -> None:
+    total = 64 * upstream.HIGH_WATER
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        for _ in range(total // 65536):
+            writer.write(b"x" * 65536)
+            await writer.drain()
+        await reader.read()
+
+    async with serving(flood) as port:
+        response = await upstream.post("127.0.0.1", port, "/x", b"{}", "application/json")
+        try:
+            await eventually(lambda: response.paused, what="reading paused")
+            await response.hold(0.001)
+            # Still too much waiting: reading stays paused until the router takes it.
+            assert response.paused and not response.reading
+            assert len(await response.read()) == total
+        finally:
+            response.close()

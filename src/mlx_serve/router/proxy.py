@@ -3,8 +3,9 @@
 Invariants:
 - A request whose upstream connection failed before any response byte is retried (mlx_lm's
   server drops connections under a burst); once a byte came back, it never is.
-- A stream is relayed event by event, never buffered whole; the model name the worker reports
-  (its path) is replaced by the name the client asked for.
+- A stream is relayed event by event, never buffered whole (a fast one is read in steps of a
+  few milliseconds, never its first token); the model name the worker reports (its path) is
+  replaced by the name the client asked for.
 - A stream that breaks after it started ends with an SSE ``error`` event, not a silent cut.
 - If the client goes away, the handler is cancelled and the upstream response is closed, which
   makes the worker stop generating.
@@ -34,6 +35,13 @@ if TYPE_CHECKING:
 #: Attempts to reach a worker before giving up with 502 (only before any byte came back).
 CONNECT_ATTEMPTS = 5
 RETRY_BACKOFF = 0.05
+#: A fast stream's reads from its worker are at most this far apart (see _relay_stream);
+#: a stream slower than two tokens per HOLD_MAX_S is read token by token.
+HOLD_MAX_S = 0.005
+#: A held read waits this many of the stream's mean token intervals (capped at HOLD_MAX_S),
+#: so that it finds about this many tokens: a wait shorter than one interval would only add
+#: a wake-up.
+HOLD_TOKENS = 3
 #: After [DONE] (the client's stream is already complete), how long the worker may take to
 #: close its side before the connection is dropped.
 DRAIN_AFTER_DONE = 5.0
@@ -325,15 +333,21 @@ async def _relay_stream(
     )
     await resp.prepare(request)
     trace.status = 200
-    # The hot path: one read and one write per token. Events are forwarded as soon as they
+    # The hot path: one read and one write per wake-up. Events are forwarded as soon as they
     # are whole (the rename must not straddle a read boundary); token counting and the
     # [DONE] check are byte searches, never a JSON parse (only a chunk carrying "usage" is
-    # parsed, once per stream). Holding events back to write several at once was tried: it
-    # saved writes but cost more CPU in timers than it saved, and held the first token behind
-    # mlx_lm's keepalive comment (bench/results/hotpath.md). What does pay: one send() less
-    # at each end, since a send() is most of the router's CPU per token (~200 us on the
-    # benchmark VM): the headers leave with the first event, and the chunked-encoding
-    # terminator with [DONE] (whose arrival ends the client's stream at once).
+    # parsed, once per stream). The headers leave with the first event and the chunked
+    # terminator with [DONE], one send() less at each end.
+    # A fast stream is read in steps: after a write, reading pauses for about HOLD_TOKENS
+    # token intervals (at most HOLD_MAX_S), so one wake-up of the router carries several
+    # tokens instead of one. On a small machine the router's CPU per token (a wake-up, a
+    # recv(), a send() that wakes the client: ~120 us here) is taken from generation: a
+    # tiny model's ~800 tokens/s reached the client at x0.91-0.95 of direct when relayed
+    # token by token (a plain aiohttp relay measured the same), x0.97-0.99 when paced
+    # (bench/README.md). The first token is never held, and a stream slower than two tokens
+    # per HOLD_MAX_S (any real model on a laptop) is never paced: there a pause would only
+    # add a wake-up. Writing several events at once after a timer was tried first: it saved
+    # sends but not wake-ups, and its timers cost as much as it saved.
     buffer = b""  # the start of an event not yet whole
     read = upstream.readany
     try:
@@ -357,6 +371,11 @@ async def _relay_stream(
                         await upstream.read()  # let the worker finish and close its side
                 return resp
             await _to_client(resp, rename(chunk))
+            if trace.ttft_s is not None and trace.chunks >= HOLD_TOKENS:
+                # Tokens so far over the time since the first: the stream's mean interval.
+                gap = (time.perf_counter() - trace.started - trace.ttft_s) / (trace.chunks - 1)
+                if 2 * gap <= HOLD_MAX_S:
+                    await upstream.hold(min(HOLD_MAX_S, HOLD_TOKENS * gap))
         if buffer:
             _count_stream_tokens(buffer, trace)
             if _ends_stream(buffer):

@@ -47,7 +47,8 @@ class UpstreamResponse(asyncio.Protocol):
         self._head = b""
         self._pieces: collections.deque[bytes] = collections.deque()
         self._buffered = 0
-        self._paused = False
+        self._paused = False  # reading paused: more than HIGH_WATER bytes wait
+        self._held = False  # reading paused: see hold()
         self._eof = False
         self._error: UpstreamError | None = None
         self._got_bytes = False
@@ -137,6 +138,11 @@ class UpstreamResponse(asyncio.Protocol):
         return self._paused
 
     @property
+    def reading(self) -> bool:
+        """The socket is being read (not paused by :meth:`hold` or by :data:`HIGH_WATER`)."""
+        return self._transport is not None and self._transport.is_reading()
+
+    @property
     def buffered(self) -> int:
         """Body bytes received and not yet taken."""
         return self._buffered
@@ -160,10 +166,26 @@ class UpstreamResponse(asyncio.Protocol):
         data = self._pieces.popleft() if len(self._pieces) == 1 else b"".join(self._pieces)
         self._pieces.clear()
         self._buffered = 0
-        if self._paused and self._transport is not None:
+        if self._paused:
             self._paused = False
-            self._transport.resume_reading()
+            if self._transport is not None and not self._held:
+                self._transport.resume_reading()
         return data
+
+    async def hold(self, seconds: float) -> None:
+        """Read nothing from the worker for ``seconds``: what it sends meanwhile waits in the
+        kernel's socket buffer and arrives in one read, one wake-up of the router instead of
+        one per piece."""
+        if self._transport is None or self._eof or self._error is not None:
+            return
+        self._held = True
+        self._transport.pause_reading()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._held = False
+            if not self._paused and self._transport is not None:
+                self._transport.resume_reading()
 
     async def read(self) -> bytes:
         """The whole body."""
