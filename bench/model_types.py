@@ -8,7 +8,7 @@ time from request to first response byte including the swap, and the worker's pe
 ``bench/results/model_types.md``.
 
 It runs twice: as configured by default, then with ``server.prewarm: true`` (spare workers),
-waiting before each type's first request until that type's spare is ready, so the second
+waiting before each type's first request until every type's spare is ready, so the second
 column is what a swap costs in the steady state of a prewarmed server. The spares' RSS is
 reported too: the memory that buys the difference.
 """
@@ -64,6 +64,7 @@ def _requests() -> dict[str, tuple[str, dict[str, Any]]]:
         "vision": (chat, {"messages": [{"role": "user", "content": image}], "max_tokens": 8}),
         "embedding": ("/v1/embeddings", {"input": ["a cat", "a kitten"]}),
         "tts": ("/v1/audio/speech", {"input": "Hello there.", "response_format": "wav"}),
+        "rerank": ("/v1/rerank", {"query": "a cat", "documents": ["a kitten", "a car"]}),
     }
 
 
@@ -88,14 +89,19 @@ async def _request(http: aiohttp.ClientSession, name: str, kind: str, wav: bytes
 
 
 async def _spare_ready(handle: ServerHandle, kind: str, timeout: float = 120.0) -> int | None:
-    """Wait for the ready spare of ``kind``; its RSS in bytes."""
+    """Wait for the steady state of a prewarmed server: a ready spare of every wanted kind
+    (spares replaced after a swap start one at a time, and on 2 cores one that is importing
+    slows whatever runs beside it). Returns the RSS in bytes of the spare of ``kind``."""
+    pool = handle.supervisor.spares
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
-        for spare in handle.supervisor.spares.spares.values():
-            if spare.kind.value == kind and spare.ready:
-                return spare.rss_bytes
+        spares = pool.spares
+        if all(k in spares and spares[k].ready for k in pool.wanted):
+            for spare in spares.values():
+                if spare.kind.value == kind:
+                    return spare.rss_bytes
         await asyncio.sleep(0.05)
-    raise RuntimeError(f"no {kind} spare became ready in {timeout:g}s")
+    raise RuntimeError(f"the spares did not all become ready in {timeout:g}s (waiting for {kind})")
 
 
 async def measure(workdir: Path, *, prewarm: bool = False) -> list[dict[str, Any]]:
@@ -156,14 +162,14 @@ async def measure(workdir: Path, *, prewarm: bool = False) -> list[dict[str, Any
 
 def render_prewarm(cold: list[dict[str, Any]], warm: list[dict[str, Any]]) -> str:
     head = (
-        "| type | request -> first byte, incl. swap (s) | same with prewarm (s) "
+        "| type | model | request -> first byte, incl. swap (s) | same with prewarm (s) "
         "| prewarm / cold | spare RSS (MiB) |"
     )
-    lines = [head, "|---|---:|---:|---:|---:|"]
+    lines = [head, "|---|---|---:|---:|---:|---:|"]
     for c, w in zip(cold, warm, strict=True):
         ratio = w["first_response_s"] / c["first_response_s"] if c["first_response_s"] else None
         spare = "" if w["from_spare"] else " (no spare used)"
-        cells = [c["type"], c["first_response_s"], f"{w['first_response_s']}{spare}",
+        cells = [c["type"], c["model"], c["first_response_s"], f"{w['first_response_s']}{spare}",
                  None if ratio is None else f"x{ratio:.2f}", w["spare_rss_mib"]]  # fmt: skip
         lines.append("| " + " | ".join("—" if x is None else str(x) for x in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -171,13 +177,13 @@ def render_prewarm(cold: list[dict[str, Any]], warm: list[dict[str, Any]]) -> st
 
 def render(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| type | load event (s) | import (s) | model load (s) "
+        "| type | model | load event (s) | import (s) | model load (s) "
         "| request -> first byte, incl. swap (s) | warm request (s) | peak RSS (MiB) |"
     )
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        cells = [r["type"], r["load_s"], r["import_s"], r["model_load_s"], r["first_response_s"],
-                 r["warm_response_s"], r["peak_rss_mib"]]  # fmt: skip
+        cells = [r["type"], r["model"], r["load_s"], r["import_s"], r["model_load_s"],
+                 r["first_response_s"], r["warm_response_s"], r["peak_rss_mib"]]  # fmt: skip
         lines.append("| " + " | ".join("—" if c is None else str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

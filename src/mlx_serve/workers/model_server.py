@@ -119,13 +119,17 @@ def serve_model(
     load: Callable[[Path, argparse.Namespace], T],
     add_routes: Callable[[web.Application], None],
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    spare_imports: Callable[[], None] | None = None,
     argv: list[str] | None = None,
 ) -> None:
     """Parse ``--model/--host/--port``, import, load, then serve until SIGTERM.
 
     ``imports`` does the heavy imports (timed as ``import_s``); ``load`` loads and warms up
     the model (timed as ``load_s``); ``add_routes`` adds the endpoint, whose handlers get the
-    :class:`ModelServer` from ``request.app[MODEL_SERVER]``.
+    :class:`ModelServer` from ``request.app[MODEL_SERVER]``. A spare also runs
+    ``spare_imports``: modules most models of the kind import when they load, which a spare
+    can import ahead (it does not know its model yet, and nobody waits for it), but a cold
+    start of one model that may not need them should not pay for.
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
@@ -139,6 +143,8 @@ def serve_model(
 
     started = time.perf_counter()
     imports()
+    if args.model is None and spare_imports is not None:
+        spare_imports()
     imported = time.perf_counter()
     import_s = round(imported - started, 3)
     if args.model is not None:

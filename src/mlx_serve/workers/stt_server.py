@@ -35,7 +35,6 @@ GRANULARITIES = ("segment", "word")
 _MAX_FIELD_BYTES = 64 * 1024  # a text field (prompt, language...) longer than this is abuse
 _FORM_OVERHEAD_BYTES = 1024 * 1024  # room for the text fields when checking Content-Length
 _READ_CHUNK = 256 * 1024
-_WARMUP_SECONDS = 0.5
 
 
 @dataclass
@@ -79,26 +78,41 @@ def _imports() -> None:
 
 
 def _load(path: Path, args: argparse.Namespace) -> SttModel:
-    """Load the model into mlx-whisper's own cache and warm it up.
+    """Load the model into mlx-whisper's own cache and check that it runs.
 
     ``mlx_whisper.transcribe`` takes a model *path*, and keeps the last model it loaded in the
     class attribute ``mlx_whisper.transcribe.ModelHolder``, keyed by that path string alone.
     The worker loads the model through that same holder at start, with the same key it passes
-    on every request, so the model is loaded once and every request reuses it. The load ends
-    with a warm-up transcription of 0.5 s of silence (one encoder pass, ~0.3 s for the tiny
-    test model): a ready worker is one whose model has run.
+    on every request, so the model is loaded once and every request reuses it.
+
+    The check is one decoder step against blank audio features, not a transcription: Whisper's
+    encoder always encodes a 30 s window, so a warm-up transcription costs as much as a
+    request (14 s for whisper-tiny.en on the 2-core CPU box), and a swap to the model would
+    pay it twice. The weights are loaded strictly (every tensor present, every shape right),
+    so what the encoder's first pass could still reveal, the first request's shows.
     """
     import mlx.core as mx  # noqa: PLC0415 -- imported in _imports
-    import mlx_whisper  # noqa: PLC0415
+    from mlx_whisper.tokenizer import get_encoding  # noqa: PLC0415
     from mlx_whisper.transcribe import ModelHolder  # noqa: PLC0415
 
     # A local directory by its path; anything else is a hub repo id (resolved from the cache).
     key = str(path) if path.exists() else str(args.model)
     # transcribe() runs in fp16 by default and asks the holder for an fp16 model.
     model = ModelHolder.get_model(key, mx.float16)
-    silence = np.zeros(int(_WARMUP_SECONDS * audio_codec.WHISPER_SAMPLE_RATE), np.float32)
-    mlx_whisper.transcribe(silence, path_or_hf_repo=key, language="en", verbose=None)
-    if ModelHolder.model is not model:  # pragma: no cover - would mean a reload per request
+    # Every array of every module, the private ones too (the encoder's positional embedding,
+    # the decoder's mask), evaluated here: MLX arrays are bound to the thread that made them,
+    # and one left lazy would be evaluated on the inference thread and fail there.
+    mx.eval([v for m in model.modules() for v in m.values() if isinstance(v, mx.array)])
+    dims = model.dims
+    blank = mx.zeros((1, dims.n_audio_ctx, dims.n_audio_state), dtype=mx.float16)
+    mx.eval(model.logits(mx.array([[0]]), blank))
+    # The tokenizer's vocabulary (lru-cached by mlx-whisper), read here instead of by the
+    # first request.
+    # (The same arguments as mlx-whisper's get_tokenizer passes, keywords included, or the
+    # cache would not be hit.)
+    name = "multilingual" if model.is_multilingual else "gpt2"
+    get_encoding(name=name, num_languages=model.num_languages)
+    if ModelHolder.get_model(key, mx.float16) is not model:  # pragma: no cover
         raise SystemExit("mlx_whisper reloaded the model: its ModelHolder cache changed")
     return SttModel(model=model, key=key)
 

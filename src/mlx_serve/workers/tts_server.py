@@ -106,6 +106,14 @@ def _imports() -> None:
     from transformers import AutoTokenizer  # noqa: F401, PLC0415
 
 
+def _spare_imports() -> None:
+    """What a spare imports ahead: mlx-audio's codec package, which most TTS architectures'
+    modules import (soprano, spark, dia, bark, sesame, ... ), and with it scipy.signal: ~1.6 s
+    of the tiny test model's 1.8 s load, imported when ``load_model`` first imports the
+    architecture's module. A cold start does not import it for models that do not need it."""
+    import mlx_audio.codec  # noqa: F401, PLC0415
+
+
 def _load(path: Path, args: argparse.Namespace) -> TtsModel:
     """Load the model and warm it up (:func:`_warm_up`).
 
@@ -417,6 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         load=_load,
         add_routes=_add_routes,
         add_arguments=_add_arguments,
+        spare_imports=_spare_imports,
         argv=argv,
     )
 
