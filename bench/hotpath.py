@@ -124,7 +124,7 @@ class Settings:
             )  # fmt: skip
         if quick:
             return cls(quick, seq_requests=6, batches=2, swap_runs=2, floor_runs=2)
-        return cls(quick, seq_requests=30, batches=5, swap_runs=6, floor_runs=5)
+        return cls(quick, seq_requests=60, batches=8, swap_runs=6, floor_runs=5)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -731,6 +731,37 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
         ]
         rows.append([label, cells[0], cells[1], "", cells[2], ""])
 
+    def per_round(target: str, phase: str) -> list[float | None] | None:
+        """One figure per round (requests and batches go round-robin over the targets)."""
+        if target in skipped or not dig(
+            results, target, "concurrent" if phase == "concurrent" else "sequential"
+        ):
+            return None
+        if phase == "sequential":
+            raw = dig(results, target, "sequential", "requests_raw") or []
+            return [_num(r.get("tokens_per_s")) for r in raw]
+        if phase == "ttft":
+            raw = dig(results, target, "sequential", "requests_raw") or []
+            return [None if r.get("ttft_s") is None else r["ttft_s"] * 1000 for r in raw]
+        batches = dig(results, target, phase, "batches") or []
+        return [_num(b.get("aggregate_tokens_per_s")) for b in batches]
+
+    def paired(label: str, phase: str) -> None:
+        """The median over rounds of each round's ratio (or, for TTFT, difference) to direct:
+        a slow stretch of the machine moves both sides of a round, not the comparison."""
+        base = per_round(DIRECT, phase)
+        cells = []
+        for target in (OURS, LEGACY):
+            other = per_round(target, phase)
+            pairs = [(b, o) for b, o in zip(base or [], other or [], strict=False) if b and o]
+            if not pairs:
+                cells.append("—")
+            elif phase == "ttft":
+                cells.append(f"{median([o - b for b, o in pairs]):+.1f} ms (n={len(pairs)})")
+            else:
+                cells.append(f"x{median([o / b for b, o in pairs]):.2f} (n={len(pairs)})")
+        rows.append([label, "", "", cells[0], "", cells[1]])
+
     n_seq = dig(results, "settings", "seq_requests")
     n_b, width = dig(results, "settings", "batches"), dig(results, "settings", "width")
     n_tok = dig(results, "settings", "max_tokens")
@@ -740,6 +771,8 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
     metric(pre + "decode tok/s, p5 (slow tail)", ("sequential", "tokens_per_s", "p5"), "tok/s")
     metric(pre + "TTFT p50", ("sequential", "ttft_ms", "median"), "ms")
     metric(pre + "TTFT p95", ("sequential", "ttft_ms", "p95"), "ms")
+    paired(pre + "decode tok/s, per-round ratio to direct (median)", "sequential")
+    paired(pre + "TTFT, per-round difference to direct (median)", "ttft")
     tokens(pre + "tokens per request", "sequential")
     if n_b:  # (the --real workload has no concurrent batches)
         pre = f"Concurrent ({n_b} batches of {width}): "
@@ -751,6 +784,7 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
             ("concurrent", "aggregate_tokens_per_s", "median"),
             "tok/s",
         )
+        paired(pre + "aggregate tok/s, per-round ratio to direct (median)", "concurrent")
         tokens(pre + "tokens per request", "concurrent")
         late = [
             "skipped"
