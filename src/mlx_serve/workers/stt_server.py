@@ -106,10 +106,9 @@ def _load(path: Path, args: argparse.Namespace) -> SttModel:
     dims = model.dims
     blank = mx.zeros((1, dims.n_audio_ctx, dims.n_audio_state), dtype=mx.float16)
     mx.eval(model.logits(mx.array([[0]]), blank))
-    # The tokenizer's vocabulary (lru-cached by mlx-whisper), read here instead of by the
-    # first request.
-    # (The same arguments as mlx-whisper's get_tokenizer passes, keywords included, or the
-    # cache would not be hit.)
+    # The tokenizer's vocabulary (~0.2 s, lru-cached by mlx-whisper), read here instead of by
+    # the first request: with the arguments its get_tokenizer passes, keywords included, or
+    # the cache would not be hit.
     name = "multilingual" if model.is_multilingual else "gpt2"
     get_encoding(name=name, num_languages=model.num_languages)
     if ModelHolder.get_model(key, mx.float16) is not model:  # pragma: no cover
