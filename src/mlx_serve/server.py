@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import time
@@ -24,6 +25,7 @@ from mlx_serve.config import Config, ModelType
 from mlx_serve.config.sizes import format_bytes
 from mlx_serve.observability.event_log import EventLogFile
 from mlx_serve.router.app import make_app
+from mlx_serve.router.auth import resolve_api_key
 from mlx_serve.supervisor import Supervisor
 from mlx_serve.supervisor.config_watcher import watch_config
 from mlx_serve.supervisor.events import Event, WorkerStateChanged
@@ -196,6 +198,27 @@ def _start_reloading(supervisor: Supervisor, requested: asyncio.Event) -> list[a
     return tasks
 
 
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """What to warn about when the server listens beyond this machine with no key, or None.
+
+    Binding another interface is a deliberate choice (a LAN, a container), so it is allowed;
+    but then every device that can reach the port may run, load, pull and delete models, and
+    the browser-origin checks do not cover a client that is not a browser.
+    """
+    if api_key is not None:
+        return None
+    if host == "localhost":
+        return None
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    return (
+        f"listening on {host} without an API key: anyone who can reach this machine's port "
+        "can use, load, pull and delete its models; set server.api_key in models.yaml "
+        "(or $MLX_API_KEY), or listen on 127.0.0.1"
+    )
+
+
 async def serve(
     config: Config,
     *,
@@ -253,6 +276,8 @@ async def serve(
         log.info("mlx-serve listening on %s (%d models configured)", url, len(config.models))
         for notice in config.notices:
             log.warning("%s", notice)
+        if (exposed := exposure_warning(host, resolve_api_key(config.server.api_key))) is not None:
+            log.warning("%s", exposed)
         background = _start_reloading(supervisor, reload_requested)
         if on_ready is not None:
             on_ready(ServerHandle(url, supervisor, stop_requested.set))

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import re
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -103,13 +105,22 @@ def _distributed(dist: DistributedConfig | None) -> dict[str, Any] | None:
     }
 
 
+async def hub_imported() -> None:
+    """Import :mod:`mlx_serve.hub` (huggingface_hub) in a thread, once: the import takes
+    ~0.5 s, and on the event loop it would hold every stream in flight; afterwards the
+    handlers' own ``from mlx_serve import hub`` finds it in ``sys.modules``."""
+    if "mlx_serve.hub" not in sys.modules:
+        await asyncio.to_thread(importlib.import_module, "mlx_serve.hub")
+
+
 async def list_models(request: web.Request) -> web.Response:
     views = request.app[SUPERVISOR].views()
     return web.json_response({"models": [model_status(request, v) for v in views]})
 
 
 async def show_model(request: web.Request) -> web.Response:
-    from mlx_serve import hub  # noqa: PLC0415 - huggingface_hub only when used
+    await hub_imported()
+    from mlx_serve import hub  # noqa: PLC0415 - imported by hub_imported(), in a thread
 
     name = _configured(request)
     worker = request.app[SUPERVISOR].workers[name]
@@ -192,7 +203,8 @@ async def delete_model_files(supervisor: Supervisor, name: str, local_ok: bool) 
     """Delete configured model ``name``'s files (a local directory only when ``local_ok``);
     409 while it is loaded. Shared by ``DELETE /api/models/{name}/files`` and Ollama's
     ``DELETE /api/delete``."""
-    from mlx_serve import hub  # noqa: PLC0415 - huggingface_hub only when used
+    await hub_imported()
+    from mlx_serve import hub  # noqa: PLC0415 - imported by hub_imported(), in a thread
 
     worker = supervisor.workers[name]
     path = worker.model.path
@@ -230,7 +242,8 @@ async def pull(request: web.Request) -> web.StreamResponse:
     """Download a hub repo into the HF cache, streaming NDJSON progress; a client that
     disconnects cancels the download (it resumes on the next pull). With ``"stream": false``
     (as Ollama clients send by default) one JSON object answers when it is done."""
-    from mlx_serve import hub  # noqa: PLC0415 - huggingface_hub only when used
+    await hub_imported()
+    from mlx_serve import hub  # noqa: PLC0415 - imported by hub_imported(), in a thread
 
     body = await read_json_object(request)
     repo = body.get("model") or body.get("name")
@@ -277,7 +290,8 @@ async def _pull_whole(
     progress: AsyncIterator[dict[str, Any]],
 ) -> web.Response:
     """A pull answered as one JSON object (its last progress line, ``"status": "success"``)."""
-    from mlx_serve import hub  # noqa: PLC0415 - huggingface_hub only when used
+    await hub_imported()
+    from mlx_serve import hub  # noqa: PLC0415 - imported by hub_imported(), in a thread
 
     supervisor.events.emit(ModelPull(repo=repo, status="started", extra={"revision": revision}))
     try:
