@@ -15,7 +15,8 @@ One run, side by side, on a tiny random-weight llama built locally
    when idle after the phases;
 4. **swap**: mlx-serve with two tiny models (``max_loaded_models: 1``), a request for the model
    that is not loaded -> its first token, 6 alternations; next to it the cold-start floor, i.e.
-   ``python -m mlx_serve.workers.guard --without torch mlx_lm server --model B`` (how mlx-serve
+   ``python -m mlx_serve.workers.guard --without torch --mlx-lm-admit-every 0.02 mlx_lm server
+   --model B`` (how mlx-serve
    starts a text worker) spawn -> first streamed token. When the installed mlx-serve accepts
    ``server.prewarm: true`` the swaps are also measured on a second server with it (each swap
    only once ``/api/stats`` shows a ready spare).
@@ -75,6 +76,7 @@ from bench.lib.source import describe_source, export_ref
 from bench.lib.stats import median, summarize
 from mlx_serve.stats import percentile
 from mlx_serve.workers.process import free_port
+from mlx_serve.workers.text import ADMIT_EVERY_S
 
 TARGETS = (DIRECT, OURS, LEGACY)
 MAX_TOKENS = 128
@@ -646,6 +648,7 @@ async def floor_once(run: Run, logs: Path, i: int) -> dict[str, Any]:
     model = run.models[run.floor_key]
     argv = [
         sys.executable, "-m", "mlx_serve.workers.guard", "--without", "torch",
+        "--mlx-lm-admit-every", str(ADMIT_EVERY_S),
         "mlx_lm", "server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     proc = GuardedProc(
@@ -939,7 +942,8 @@ def build_notes(
         f"Swap = mlx-serve with models a and b, `max_loaded_models: 1`, the other model loaded"
         f" and idle, one streamed request ({s['swap_max_tokens']} tokens) → its first token;"
         f" {s['swap_runs']} alternations a→b, b→a, …. Floor = `python -m mlx_serve.workers.guard"
-        " --without torch mlx_lm server --model B` (stdin a pipe kept open) spawn → first"
+        " --without torch --mlx-lm-admit-every 0.02 mlx_lm server --model B` (stdin a pipe kept"
+        " open) spawn → first"
         f" streamed token, {s['floor_runs']} runs, interleaved with the swaps round by round."
         " With prewarm every swap waits first until /api/stats shows a ready spare."
     )

@@ -43,6 +43,29 @@ def test_without_torch_keeps_transformers_from_importing_it() -> None:
     assert proc.returncode == 0, stderr
 
 
+def test_mlx_lm_admits_new_requests_every_so_often() -> None:
+    # mlx_lm's generation loop takes new requests once per TimeBudget (0.5 s by default);
+    # the guard's flag shortens the default the server builds its budget with.
+    probe = (
+        "from mlx_lm import server\n"
+        "assert server.TimeBudget()._budget == 0.02, server.TimeBudget()._budget\n"
+        "assert isinstance(server.TimeBudget(), server.TimeBudget.__mro__[1])\n"
+    )
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlx_serve.workers.guard", "--without", "torch",
+             "--mlx-lm-admit-every", "0.02", "timeit", "-n", "1", "-r", "1", probe],
+            stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        os.close(read_end)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, stderr
+
+
 def test_usage_error_without_a_module() -> None:
     result = run_guard("--without", "torch")
     assert result.returncode != 0 and "usage" in result.stderr

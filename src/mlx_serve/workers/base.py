@@ -130,11 +130,16 @@ def spare_support(driver: object) -> SpareDriver | None:
     return None
 
 
-def spare_argv(ctx: SpareContext, *module: str, without: tuple[str, ...] = ()) -> list[str]:
+def spare_argv(
+    ctx: SpareContext,
+    *module: str,
+    without: tuple[str, ...] = (),
+    guard_flags: tuple[str, ...] = (),
+) -> list[str]:
     """Like :func:`guarded_argv`, without ``--model``: the spare learns it later."""
     hide = [arg for mod in without for arg in ("--without", mod)]
     return [
-        ctx.python, "-m", "mlx_serve.workers.guard", *hide, *module,
+        ctx.python, "-m", "mlx_serve.workers.guard", *hide, *guard_flags, *module,
         "--host", ctx.host, "--port", str(ctx.port),
     ]  # fmt: skip
 
@@ -151,12 +156,18 @@ async def http_ok(session: aiohttp.ClientSession, url: str, timeout: float) -> b
         return False
 
 
-def guarded_argv(ctx: LaunchContext, *module: str, without: tuple[str, ...] = ()) -> list[str]:
+def guarded_argv(
+    ctx: LaunchContext,
+    *module: str,
+    without: tuple[str, ...] = (),
+    guard_flags: tuple[str, ...] = (),
+) -> list[str]:
     """``python -m mlx_serve.workers.guard [--without M]... MODULE... --model --host --port``:
-    how every worker is started, so it dies with its supervisor (see workers/guard.py)."""
+    how every worker is started, so it dies with its supervisor (see workers/guard.py).
+    ``guard_flags`` are the guard's own options for this kind of worker."""
     hide = [arg for mod in without for arg in ("--without", mod)]
     return [
-        ctx.python, "-m", "mlx_serve.workers.guard", *hide, *module,
+        ctx.python, "-m", "mlx_serve.workers.guard", *hide, *guard_flags, *module,
         "--model", ctx.model.path, "--host", ctx.host, "--port", str(ctx.port),
     ]  # fmt: skip
 

@@ -9,12 +9,14 @@ stdin, so EOF cannot come early.
 
 from __future__ import annotations
 
+import inspect
 import os
 import runpy
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 
 def _watch_stdin() -> None:
@@ -72,19 +74,47 @@ def _raise_listen_backlog() -> None:
     )
 
 
+def _admit_new_requests_every(seconds: float) -> None:
+    """Make ``mlx_lm server`` look for new requests every ``seconds`` while it generates.
+
+    Its generation loop serves the running batch for a ``TimeBudget`` (0.5 s by default)
+    before it takes new requests, so one that arrives just after a batch started waits for
+    all of it instead of joining it (mlx_lm batches continuously otherwise). The budget is
+    built with its default when the server starts; the default is changed here, before that.
+    An mlx-lm whose server has no such class is left as it is.
+    """
+    try:
+        from mlx_lm import server  # noqa: PLC0415 - imported by the worker anyway
+    except ImportError:
+        return
+    budget = getattr(server, "TimeBudget", None)
+    if not isinstance(budget, type) or "budget" not in inspect.signature(budget).parameters:
+        print("mlx-serve guard: mlx_lm.server.TimeBudget not found; left as is", file=sys.stderr)
+        return
+
+    class _AdmitEvery(budget):  # type: ignore[misc, valid-type]
+        def __init__(self, budget: float = seconds, *args: Any, **kwargs: Any) -> None:
+            super().__init__(budget, *args, **kwargs)
+
+    setattr(server, "TimeBudget", _AdmitEvery)  # noqa: B010 - the class mlx_lm builds by name
+
+
 def main() -> None:
     args = sys.argv[1:]
     followers: str | None = None
-    while len(args) >= 2 and args[0] in ("--without", "--followers"):
+    admit_every: float | None = None
+    while len(args) >= 2 and args[0] in ("--without", "--followers", "--mlx-lm-admit-every"):
         if args[0] == "--without":
             _keep_transformers_off(args[1])
-        else:
+        elif args[0] == "--followers":
             followers = args[1]
+        else:
+            admit_every = float(args[1])
         args = args[2:]
     if not args:
         sys.exit(
             "usage: python -m mlx_serve.workers.guard [--without MOD]... [--followers FILE] "
-            "MODULE [ARGS...]"
+            "[--mlx-lm-admit-every SECONDS] MODULE [ARGS...]"
         )
     module = args[0]
     sys.argv = [module, *args[1:]]
@@ -95,6 +125,8 @@ def main() -> None:
 
         start_followers(Path(followers))
     _raise_listen_backlog()
+    if admit_every is not None:
+        _admit_new_requests_every(admit_every)
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 

@@ -26,6 +26,18 @@ if TYPE_CHECKING:
     from mlx_serve.config import ModelConfig
 
 
+#: How often ``mlx_lm server`` looks for new requests while it generates (the guard's
+#: ``--mlx-lm-admit-every``). Its own default is every 0.5 s: a request that arrives a few
+#: milliseconds after a batch started waits for that whole batch (a tiny model's 128 tokens:
+#: ~200-500 ms) instead of joining it. Measured on 8 simultaneous streams through the router
+#: (2-core box, 8 bursts): 7-14 of 64 first tokens > 100 ms late and TTFT p95 193-243 ms with
+#: mlx_lm's default, none late and p95 40-46 ms with 20 ms; a look at an empty queue costs
+#: nothing measurable (sequential decode unchanged). Not for sharded models: there each look is
+#: an all-reduce across the ranks.
+ADMIT_EVERY_S = 0.02
+_ADMIT = ("--mlx-lm-admit-every", str(ADMIT_EVERY_S))
+
+
 class TextDriver(ModelByRequestSpare):
     """Starts ``python -m mlx_lm server`` for one model."""
 
@@ -35,7 +47,7 @@ class TextDriver(ModelByRequestSpare):
         model = ctx.model
         if model.distributed is not None:
             return distributed_launch_spec(ctx, model.distributed)
-        argv = guarded_argv(ctx, "mlx_lm", "server", without=("torch",))
+        argv = guarded_argv(ctx, "mlx_lm", "server", without=("torch",), guard_flags=_ADMIT)
         if model.max_kv_cache_size is not None:
             # The number of distinct prompt KV caches mlx_lm keeps for prompt caching.
             argv += ["--prompt-cache-size", str(model.max_kv_cache_size)]
@@ -48,7 +60,7 @@ class TextDriver(ModelByRequestSpare):
     # -- spares: `mlx_lm server` started without --model loads the model a request names
 
     def spare_spec(self, ctx: SpareContext) -> LaunchSpec:
-        argv = spare_argv(ctx, "mlx_lm", "server", without=("torch",))
+        argv = spare_argv(ctx, "mlx_lm", "server", without=("torch",), guard_flags=_ADMIT)
         return LaunchSpec(argv=argv, log_path=ctx.log_path)
 
     def can_adopt(self, model: ModelConfig) -> bool:
