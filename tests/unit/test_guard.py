@@ -20,6 +20,24 @@ def run_guard(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
+def run_probe(probe: str, *guard_flags: str) -> tuple[int, str]:
+    """Run Python source ``probe`` as the guarded module (through ``timeit``), its stdin a pipe
+    held open as the supervisor holds it; the exit code and stderr."""
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlx_serve.workers.guard", *guard_flags,
+             "timeit", "-n", "1", "-r", "1", probe],
+            stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        os.close(read_end)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        os.close(write_end)
+    return proc.returncode, stderr
+
+
 def test_without_torch_keeps_transformers_from_importing_it() -> None:
     probe = (
         "import sys\n"
@@ -28,19 +46,8 @@ def test_without_torch_keeps_transformers_from_importing_it() -> None:
         "assert not import_utils.is_torch_available()\n"
         "assert 'torch' not in sys.modules  # not imported, and not left as a None entry\n"
     )
-    read_end, write_end = os.pipe()  # held open, like the supervisor holds the guard pipe
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlx_serve.workers.guard", "--without", "torch",
-             "timeit", "-n", "1", "-r", "1", probe],
-            stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        os.close(read_end)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        os.close(write_end)
-    assert proc.returncode == 0, stderr
+    returncode, stderr = run_probe(probe, "--without", "torch")
+    assert returncode == 0, stderr
 
 
 def test_mlx_lm_admits_new_requests_every_so_often() -> None:
@@ -51,19 +58,8 @@ def test_mlx_lm_admits_new_requests_every_so_often() -> None:
         "assert server.TimeBudget()._budget == 0.02, server.TimeBudget()._budget\n"
         "assert isinstance(server.TimeBudget(), server.TimeBudget.__mro__[1])\n"
     )
-    read_end, write_end = os.pipe()
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlx_serve.workers.guard", "--without", "torch",
-             "--mlx-lm-admit-every", "0.02", "timeit", "-n", "1", "-r", "1", probe],
-            stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        os.close(read_end)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        os.close(write_end)
-    assert proc.returncode == 0, stderr
+    returncode, stderr = run_probe(probe, "--without", "torch", "--mlx-lm-admit-every", "0.02")
+    assert returncode == 0, stderr
 
 
 def test_usage_error_without_a_module() -> None:

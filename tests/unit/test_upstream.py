@@ -164,18 +164,22 @@ async def test_a_body_cut_short_is_an_error_not_a_short_answer() -> None:
             await upstream.post("127.0.0.1", port, "/x", b"{}", "application/json")
 
 
+#: A body far larger than what the client buffers before it stops reading.
+FLOOD_BYTES = 64 * upstream.HIGH_WATER
+
+
+async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer with FLOOD_BYTES of body as fast as the client takes them."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % FLOOD_BYTES)
+    for _ in range(FLOOD_BYTES // 65536):
+        writer.write(b"x" * 65536)
+        await writer.drain()
+    await reader.read()
+
+
 async def test_a_slow_reader_pauses_the_worker_instead_of_buffering_everything() -> None:
-    total = 64 * upstream.HIGH_WATER
-
-    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
-        for _ in range(total // 65536):
-            writer.write(b"x" * 65536)
-            await writer.drain()
-        await reader.read()
-        writer.close()
-
+    total = FLOOD_BYTES
     async with serving(flood) as port:
         response = await upstream.post("127.0.0.1", port, "/x", b"{}", "application/json")
         # Nobody reads: the client stops reading from the socket once HIGH_WATER bytes wait.
@@ -261,16 +265,7 @@ async def test_a_held_response_reads_nothing_until_the_hold_ends() -> None:
 
 
 async def test_a_hold_does_not_resume_a_response_paused_for_its_buffer() -> None:
-    total = 64 * upstream.HIGH_WATER
-
-    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
-        for _ in range(total // 65536):
-            writer.write(b"x" * 65536)
-            await writer.drain()
-        await reader.read()
-
+    total = FLOOD_BYTES
     async with serving(flood) as port:
         response = await upstream.post("127.0.0.1", port, "/x", b"{}", "application/json")
         try:
