@@ -50,6 +50,25 @@ T = TypeVar("T")
 POLL_INTERVAL = 0.01
 
 
+# ------------------------------------------------------------------------- client SDKs
+
+
+async def sdk_resources_imported(client: Any) -> None:
+    """Touch the openai SDK client's resources in a thread: the SDK imports each resource and
+    its pydantic type modules (~40 for audio alone) on first attribute access, and on the
+    test's loop, under a CI run's disk contention, that held it 158 ms (the loop guard failed
+    the run on it)."""
+
+    def touch() -> None:
+        for path in ("chat.completions", "completions", "embeddings", "models",
+                     "audio.speech", "audio.transcriptions"):  # fmt: skip
+            node = client
+            for name in path.split("."):
+                node = getattr(node, name)
+
+    await asyncio.to_thread(touch)
+
+
 # ------------------------------------------------------------------------------------- waits
 
 

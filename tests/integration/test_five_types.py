@@ -23,7 +23,7 @@ from mlx_serve.supervisor.events import Event
 from mlx_serve.tiny_models.audio import build_stt_model, build_tts_model
 from mlx_serve.tiny_models.embedding import embedding_model_dir
 from mlx_serve.tiny_models.vision import build_vision_model
-from tests.conftest import eventually
+from tests.conftest import eventually, sdk_resources_imported
 from tests.integration.conftest import Running, StartServer, cli_server
 
 if TYPE_CHECKING:  # the SDK's request types, only for the checker
@@ -83,6 +83,7 @@ async def test_every_type_with_the_openai_sdk(
     run = await start_server(five_models, startup_timeout="120s")
     residency = watch_residency(run)
     client = openai.AsyncOpenAI(base_url=run.url + "/v1", api_key="unused", max_retries=0)
+    await sdk_resources_imported(client)
     try:
         # text
         chat = await client.chat.completions.create(

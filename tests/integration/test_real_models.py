@@ -28,6 +28,7 @@ from mlx_serve.tiny_models import (
     build_smollm2_model,
     build_whisper_tiny_model,
 )
+from tests.conftest import sdk_resources_imported
 from tests.integration.conftest import Running, server_factory
 from tests.unit.test_real_model_builders import shared_real_model_dir
 
@@ -186,6 +187,7 @@ def direct_transcript(model_dir: Path) -> str:
 
 async def test_a_real_transcription(run: Running, direct: dict[str, asyncio.Task[str]]) -> None:
     async with openai_client(run) as client:
+        await sdk_resources_imported(client)
         result = await client.audio.transcriptions.create(
             model="whisper", file=("fox.wav", CLIP.read_bytes(), "audio/wav")
         )
