@@ -76,7 +76,7 @@ from bench.lib.source import describe_source, export_ref
 from bench.lib.stats import median, summarize
 from mlx_serve.stats import percentile
 from mlx_serve.workers.process import free_port
-from mlx_serve.workers.text import ADMIT_EVERY_S
+from mlx_serve.workers.text import GUARD_FLAGS
 
 TARGETS = (DIRECT, OURS, LEGACY)
 MAX_TOKENS = 128
@@ -648,7 +648,7 @@ async def floor_once(run: Run, logs: Path, i: int) -> dict[str, Any]:
     model = run.models[run.floor_key]
     argv = [
         sys.executable, "-m", "mlx_serve.workers.guard", "--without", "torch",
-        "--mlx-lm-admit-every", str(ADMIT_EVERY_S),
+        *GUARD_FLAGS,
         "mlx_lm", "server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     proc = GuardedProc(

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 #: nothing measurable (sequential decode unchanged). Not for sharded models: there each look is
 #: an all-reduce across the ranks.
 ADMIT_EVERY_S = 0.02
-_ADMIT = ("--mlx-lm-admit-every", str(ADMIT_EVERY_S))
+#: The guard's options for every text worker and spare (and the benchmark's cold-start floor).
+GUARD_FLAGS = ("--mlx-lm-admit-every", str(ADMIT_EVERY_S))
 
 
 class TextDriver(ModelByRequestSpare):
@@ -47,7 +48,7 @@ class TextDriver(ModelByRequestSpare):
         model = ctx.model
         if model.distributed is not None:
             return distributed_launch_spec(ctx, model.distributed)
-        argv = guarded_argv(ctx, "mlx_lm", "server", without=("torch",), guard_flags=_ADMIT)
+        argv = guarded_argv(ctx, "mlx_lm", "server", without=("torch",), guard_flags=GUARD_FLAGS)
         if model.max_kv_cache_size is not None:
             # The number of distinct prompt KV caches mlx_lm keeps for prompt caching.
             argv += ["--prompt-cache-size", str(model.max_kv_cache_size)]
@@ -60,7 +61,7 @@ class TextDriver(ModelByRequestSpare):
     # -- spares: `mlx_lm server` started without --model loads the model a request names
 
     def spare_spec(self, ctx: SpareContext) -> LaunchSpec:
-        argv = spare_argv(ctx, "mlx_lm", "server", without=("torch",), guard_flags=_ADMIT)
+        argv = spare_argv(ctx, "mlx_lm", "server", without=("torch",), guard_flags=GUARD_FLAGS)
         return LaunchSpec(argv=argv, log_path=ctx.log_path)
 
     def can_adopt(self, model: ModelConfig) -> bool:
