@@ -15,7 +15,7 @@ One run, side by side, on a tiny random-weight llama built locally
    when idle after the phases;
 4. **swap**: mlx-serve with two tiny models (``max_loaded_models: 1``), a request for the model
    that is not loaded -> its first token, 6 alternations; next to it the cold-start floor, i.e.
-   ``python -m mlx_serve.workers.guard --without torch --mlx-lm-admit-every 0.02 mlx_lm server
+   ``python -m mlx_serve.workers.guard --without torch --mlx-lm-admit-every 0.002 mlx_lm server
    --model B`` (how mlx-serve
    starts a text worker) spawn -> first streamed token. When the installed mlx-serve accepts
    ``server.prewarm: true`` the swaps are also measured on a second server with it (each swap
@@ -126,7 +126,7 @@ class Settings:
             )  # fmt: skip
         if quick:
             return cls(quick, seq_requests=6, batches=2, swap_runs=2, floor_runs=2)
-        return cls(quick, seq_requests=60, batches=8, swap_runs=6, floor_runs=5)
+        return cls(quick, seq_requests=100, batches=16, swap_runs=6, floor_runs=5)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -709,6 +709,12 @@ HEADER = [
 ]
 
 
+def _batch_ttft_ms(batch: dict[str, Any]) -> float | None:
+    """The median first-token time of a batch's requests that got one, in ms."""
+    ttfts = [r["ttft_s"] * 1000 for r in batch.get("requests", []) if r.get("ttft_s") is not None]
+    return median(ttfts) if ttfts else None
+
+
 def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[str]]:
     rows: list[list[str]] = []
 
@@ -746,7 +752,9 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
         if phase == "ttft":
             raw = dig(results, target, "sequential", "requests_raw") or []
             return [None if r.get("ttft_s") is None else r["ttft_s"] * 1000 for r in raw]
-        batches = dig(results, target, phase, "batches") or []
+        batches = dig(results, target, "concurrent", "batches") or []
+        if phase == "concurrent_ttft":  # a batch's median first token
+            return [_batch_ttft_ms(b) for b in batches]
         return [_num(b.get("aggregate_tokens_per_s")) for b in batches]
 
     def paired(label: str, phase: str) -> None:
@@ -759,7 +767,7 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
             pairs = [(b, o) for b, o in zip(base or [], other or [], strict=False) if b and o]
             if not pairs:
                 cells.append("—")
-            elif phase == "ttft":
+            elif phase in ("ttft", "concurrent_ttft"):
                 cells.append(f"{median([o - b for b, o in pairs]):+.1f} ms (n={len(pairs)})")
             else:
                 cells.append(f"x{median([o / b for b, o in pairs]):.2f} (n={len(pairs)})")
@@ -788,6 +796,7 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
             "tok/s",
         )
         paired(pre + "aggregate tok/s, per-round ratio to direct (median)", "concurrent")
+        paired(pre + "TTFT, per-round difference of batch medians (median)", "concurrent_ttft")
         tokens(pre + "tokens per request", "concurrent")
         late = [
             "skipped"
@@ -942,7 +951,7 @@ def build_notes(
         f"Swap = mlx-serve with models a and b, `max_loaded_models: 1`, the other model loaded"
         f" and idle, one streamed request ({s['swap_max_tokens']} tokens) → its first token;"
         f" {s['swap_runs']} alternations a→b, b→a, …. Floor = `python -m mlx_serve.workers.guard"
-        " --without torch --mlx-lm-admit-every 0.02 mlx_lm server --model B` (stdin a pipe kept"
+        " --without torch --mlx-lm-admit-every 0.002 mlx_lm server --model B` (stdin a pipe kept"
         " open) spawn → first"
         f" streamed token, {s['floor_runs']} runs, interleaved with the swaps round by round."
         " With prewarm every swap waits first until /api/stats shows a ready spare."

@@ -205,22 +205,23 @@ async def test_the_client_sees_its_own_model_name_never_the_workers(
 
 
 @pytest.fixture
-def holds(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The pauses the relay takes in reading from workers (see ``proxy._relay_stream``)."""
-    taken: list[float] = []
-    real = UpstreamResponse.hold
+def gathers(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float]]:
+    """The steps the relay asks of the kernel in reading from workers (``nbytes``, deadline;
+    see ``proxy._relay_stream``)."""
+    taken: list[tuple[int, float]] = []
+    real = UpstreamResponse.gather
 
-    async def spy(self: UpstreamResponse, seconds: float) -> None:
-        taken.append(seconds)
-        await real(self, seconds)
+    def spy(self: UpstreamResponse, nbytes: int, within: float) -> None:
+        taken.append((nbytes, within))
+        real(self, nbytes, within)
 
-    monkeypatch.setattr(UpstreamResponse, "hold", spy)
+    monkeypatch.setattr(UpstreamResponse, "gather", spy)
     return taken
 
 
 @pytest.mark.parametrize("die", [False, True])
 async def test_a_fast_stream_is_read_in_steps_and_loses_nothing(
-    worker: tuple[AppRun, Upstream], holds: list[float], die: bool
+    worker: tuple[AppRun, Upstream], gathers: list[tuple[int, float]], die: bool
 ) -> None:
     run, upstream = worker
     upstream.events, upstream.gap, upstream.die = 200, 0, die
@@ -234,14 +235,17 @@ async def test_a_fast_stream_is_read_in_steps_and_loses_nothing(
         assert last == "[DONE]"
         event = await run.event("request", "chat")
         assert event.data["completion_tokens"] == 200
-    assert holds and all(0 < h <= proxy.HOLD_MAX_S for h in holds)
+    assert gathers
+    # At most PACE_TOKENS of this stream's events (each well under 200 bytes), never longer
+    # than PACE_MAX_S.
+    assert all(0 < n < 200 * proxy.PACE_TOKENS and w == proxy.PACE_MAX_S for n, w in gathers)
 
 
 async def test_a_slow_stream_is_relayed_token_by_token(
-    worker: tuple[AppRun, Upstream], holds: list[float]
+    worker: tuple[AppRun, Upstream], gathers: list[tuple[int, float]]
 ) -> None:
     run, upstream = worker
     upstream.events, upstream.gap = 5, 0.02  # 50 tokens/s: faster than most real models
     status, events = await stream(run, "chat")
     assert status == 200 and events[-1] == "[DONE]" and len(events) == 6
-    assert holds == []
+    assert gathers == []

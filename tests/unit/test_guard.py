@@ -55,10 +55,32 @@ def test_mlx_lm_admits_new_requests_every_so_often() -> None:
     # the guard's flag shortens the default the server builds its budget with.
     probe = (
         "from mlx_lm import server\n"
-        "assert server.TimeBudget()._budget == 0.02, server.TimeBudget()._budget\n"
+        "assert server.TimeBudget()._budget == 0.002, server.TimeBudget()._budget\n"
         "assert isinstance(server.TimeBudget(), server.TimeBudget.__mro__[1])\n"
     )
-    returncode, stderr = run_probe(probe, "--without", "torch", "--mlx-lm-admit-every", "0.02")
+    returncode, stderr = run_probe(probe, "--without", "torch", "--mlx-lm-admit-every", "0.002")
+    assert returncode == 0, stderr
+
+
+def test_socketserver_servers_listen_long_and_send_each_write_at_once() -> None:
+    # mlx_lm server is an http.server: a listen backlog of 5 dropped bursts, and Nagle's
+    # algorithm held token events back while the router let earlier ones gather unread.
+    probe = (
+        "import socket, socketserver, threading\n"
+        "assert socketserver.TCPServer.request_queue_size >= 128\n"
+        "seen = []\n"
+        "class H(socketserver.StreamRequestHandler):\n"
+        "    def handle(self):\n"
+        "        seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))\n"
+        "srv = socketserver.TCPServer(('127.0.0.1', 0), H)\n"
+        "serve = threading.Thread(target=srv.handle_request)\n"
+        "serve.start()\n"
+        "socket.create_connection(srv.server_address).close()\n"
+        "serve.join(60)\n"
+        "srv.server_close()\n"
+        "assert seen and seen[0] != 0, seen\n"
+    )
+    returncode, stderr = run_probe(probe)
     assert returncode == 0, stderr
 
 

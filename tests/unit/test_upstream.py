@@ -231,51 +231,52 @@ async def test_an_idle_connection_the_worker_closed_is_not_used() -> None:
             await pool.close()
 
 
-async def test_a_held_response_reads_nothing_until_the_hold_ends() -> None:
-    go, written = asyncio.Event(), asyncio.Event()
+async def test_a_gathering_response_wakes_for_enough_bytes_its_deadline_or_the_close() -> None:
+    parts = [b"efg", b"hijklmn", b"opq", b"rs"]
+    go = [asyncio.Event() for _ in parts]
+    written = [asyncio.Event() for _ in parts]
 
-    async def two_parts(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def in_parts(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabcd")
-        await go.wait()
-        writer.write(b"efghij")
-        await writer.drain()
-        written.set()
-        await reader.read()
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\nabcd")  # HTTP/1.0: the close ends the body
+        for part, wait, done in zip(parts, go, written, strict=True):
+            await wait.wait()
+            writer.write(part)
+            await writer.drain()
+            done.set()
+        # returning closes the connection
 
-    async with serving(two_parts) as port:
+    async def unread(step: int) -> None:
+        """On loopback the bytes are in this side's socket once the server's drain is done:
+        a socket the kernel reported would be read within an iteration or two."""
+        go[step].set()
+        await written[step].wait()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert response.buffered == 0
+
+    async with serving(in_parts) as port:
         response = await upstream.post("127.0.0.1", port, "/x", b"{}", "application/json")
         try:
-            assert await response.readany() == b"abcd"
-            hold = asyncio.create_task(response.hold(3600))
-            await eventually(lambda: not response.reading, what="reading paused")
-            go.set()
-            await written.wait()
-            # On loopback the bytes are in this side's socket once the server's drain is
-            # done: a reading transport would take them within an iteration or two.
-            for _ in range(5):
-                await asyncio.sleep(0)
-            assert response.buffered == 0 and not response.reading
-            hold.cancel()  # ends the hold early: reading resumes
-            with contextlib.suppress(asyncio.CancelledError):
-                await hold
-            assert await response.read() == b"efghij"
+            async with asyncio.timeout(30):
+                assert await response.readany() == b"abcd"
+                # Fewer bytes than asked for wait in the kernel; enough wake the reader.
+                response.gather(10, 3600)
+                assert response.gathering
+                await unread(0)
+                go[1].set()
+                assert await response.readany() == b"efghijklmn"
+                # The deadline gives the reader what waits, however little.
+                response.gather(100, 0.05)
+                await unread(2)
+                assert await response.readany() == b"opq"
+                assert not response.gathering
+                # The worker's close wakes the reader at once, long before the deadline.
+                response.gather(100, 3600)
+                go[3].set()
+                assert await response.read() == b"rs"
         finally:
             response.close()
-        # A hold on a finished response returns at once.
-        async with asyncio.timeout(5):
-            await response.hold(3600)
-
-
-async def test_a_hold_does_not_resume_a_response_paused_for_its_buffer() -> None:
-    total = FLOOD_BYTES
-    async with serving(flood) as port:
-        response = await upstream.post("127.0.0.1", port, "/x", b"{}", "application/json")
-        try:
-            await eventually(lambda: response.paused, what="reading paused")
-            await response.hold(0.001)
-            # Still too much waiting: reading stays paused until the router takes it.
-            assert response.paused and not response.reading
-            assert len(await response.read()) == total
-        finally:
-            response.close()
+        # Gathering on a finished response does nothing.
+        response.gather(100, 3600)
+        assert not response.gathering

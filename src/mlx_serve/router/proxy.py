@@ -35,13 +35,14 @@ if TYPE_CHECKING:
 #: Attempts to reach a worker before giving up with 502 (only before any byte came back).
 CONNECT_ATTEMPTS = 5
 RETRY_BACKOFF = 0.05
-#: A fast stream's reads from its worker are at most this far apart (see _relay_stream);
-#: a stream slower than two tokens per HOLD_MAX_S is read token by token.
-HOLD_MAX_S = 0.005
-#: A held read waits this many of the stream's mean token intervals (capped at HOLD_MAX_S),
-#: so that it finds about this many tokens: a wait shorter than one interval would only add
-#: a wake-up.
-HOLD_TOKENS = 3
+#: A token of a fast stream waits at most this long in the router's socket before it is
+#: relayed (see _relay_stream); a stream slower than two tokens per PACE_MAX_S is relayed
+#: token by token.
+PACE_MAX_S = 0.01
+#: One wake-up of the router relays at most this many tokens of a fast stream.
+PACE_TOKENS = 8
+#: Tokens relayed one by one first, to learn the stream's pace and event size.
+PACE_AFTER = 3
 #: After [DONE] (the client's stream is already complete), how long the worker may take to
 #: close its side before the connection is dropped.
 DRAIN_AFTER_DONE = 5.0
@@ -338,20 +339,27 @@ async def _relay_stream(
     # [DONE] check are byte searches, never a JSON parse (only a chunk carrying "usage" is
     # parsed, once per stream). The headers leave with the first event and the chunked
     # terminator with [DONE], one send() less at each end.
-    # A fast stream is read in steps: after a write, reading pauses for about HOLD_TOKENS
-    # token intervals (at most HOLD_MAX_S), so one wake-up of the router carries several
-    # tokens instead of one. On a small machine the router's CPU per token (a wake-up, a
-    # recv(), a send() that wakes the client: ~120 us here) is taken from generation: a
-    # tiny model's ~800 tokens/s reached the client at x0.91-0.95 of direct when relayed
-    # token by token (a plain aiohttp relay measured the same), x0.97-0.99 when paced
-    # (bench/README.md). The first token is never held, and a stream slower than two tokens
-    # per HOLD_MAX_S (any real model on a laptop) is never paced: there a pause would only
-    # add a wake-up. Writing several events at once after a timer was tried first: it saved
-    # sends but not wake-ups, and its timers cost as much as it saved.
+    # A fast stream is read in steps: after a write, the kernel is asked to wake the router
+    # for this worker's socket only once about as many tokens wait as the stream makes in
+    # PACE_MAX_S (at most PACE_TOKENS), or the worker closes, or PACE_MAX_S has passed
+    # (UpstreamResponse.gather: the socket's low-water mark). On a small machine the router's
+    # CPU per wake-up (a recv(), a send() that wakes the client, the loop around them) is
+    # taken from generation: a tiny model's ~1,000 tokens/s reached the client at
+    # x0.91-0.95 of direct when relayed token by token (a plain aiohttp relay measured the
+    # same), x0.98-1.00 in steps, with 0.055-0.066 s of router CPU per 1000 tokens
+    # (bench/README.md). The first tokens are never
+    # held, nor the end of a stream (the worker's close or its last events wake the router),
+    # and a stream slower than two tokens per PACE_MAX_S (any real model on a laptop) is
+    # never paced: there a step would only delay. Tried before and dropped: writing several
+    # events at once after a timer (it saved sends, not wake-ups) and pausing reads for a
+    # few token intervals (the pause also held back each stream's end, 2-3 ms of 120).
     buffer = b""  # the start of an event not yet whole
     read = upstream.readany
+    received = 0  # body bytes: their mean per token sizes a step
+    step = 0  # bytes the kernel lets wait before it wakes the router (0: not paced)
     try:
         while chunk := await read():
+            received += len(chunk)
             if buffer:
                 chunk = buffer + chunk
                 buffer = b""
@@ -371,11 +379,17 @@ async def _relay_stream(
                         await upstream.read()  # let the worker finish and close its side
                 return resp
             await _to_client(resp, rename(chunk))
-            if trace.ttft_s is not None and trace.chunks >= HOLD_TOKENS:
+            if trace.ttft_s is not None and trace.chunks >= PACE_AFTER:
                 # Tokens so far over the time since the first: the stream's mean interval.
                 gap = (time.perf_counter() - trace.started - trace.ttft_s) / (trace.chunks - 1)
-                if 2 * gap <= HOLD_MAX_S:
-                    await upstream.hold(min(HOLD_MAX_S, HOLD_TOKENS * gap))
+                tokens = min(PACE_TOKENS, PACE_MAX_S / gap) if gap > 0 else PACE_TOKENS
+                if tokens >= 2:
+                    # Wake at the last of those tokens (event sizes vary a little); a step
+                    # within a quarter of the last one is kept (one setsockopt per stream).
+                    want = received / trace.chunks * (int(tokens) - 0.5)
+                    if abs(want - step) > step / 4:
+                        step = int(want)
+                    upstream.gather(step, PACE_MAX_S)
         if buffer:
             _count_stream_tokens(buffer, trace)
             if _ends_stream(buffer):

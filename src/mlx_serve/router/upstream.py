@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import socket
 from collections.abc import Callable
 
 #: Pause reading from the worker while this many body bytes wait for the router to take them.
@@ -48,7 +49,8 @@ class UpstreamResponse(asyncio.Protocol):
         self._pieces: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._paused = False  # reading paused: more than HIGH_WATER bytes wait
-        self._held = False  # reading paused: see hold()
+        self._lowat = 1  # the socket's SO_RCVLOWAT: see gather()
+        self._release: asyncio.TimerHandle | None = None  # gather()'s deadline
         self._eof = False
         self._error: UpstreamError | None = None
         self._got_bytes = False
@@ -138,9 +140,9 @@ class UpstreamResponse(asyncio.Protocol):
         return self._paused
 
     @property
-    def reading(self) -> bool:
-        """The socket is being read (not paused by :meth:`hold` or by :data:`HIGH_WATER`)."""
-        return self._transport is not None and self._transport.is_reading()
+    def gathering(self) -> bool:
+        """A :meth:`gather` is in force: its deadline has not passed, the body not ended."""
+        return self._release is not None
 
     @property
     def buffered(self) -> int:
@@ -168,24 +170,50 @@ class UpstreamResponse(asyncio.Protocol):
         self._buffered = 0
         if self._paused:
             self._paused = False
-            if self._transport is not None and not self._held:
+            if self._transport is not None:
                 self._transport.resume_reading()
         return data
 
-    async def hold(self, seconds: float) -> None:
-        """Read nothing from the worker for ``seconds``: what it sends meanwhile waits in the
-        kernel's socket buffer and arrives in one read, one wake-up of the router instead of
-        one per piece."""
+    def gather(self, nbytes: int, within: float) -> None:
+        """Have the kernel wake the router for this response only once ``nbytes`` wait or the
+        worker closes its side, and ``within`` seconds from now at the latest.
+
+        Why: each wake-up of the router costs CPU that, on a small machine, generation needs
+        (see ``proxy._relay_stream``); this lets one wake-up carry several of a fast stream's
+        events. It is the socket's low-water mark (``SO_RCVLOWAT``), which ``epoll`` and
+        ``kqueue`` honour, so no timer fires while the stream keeps its pace, and unlike a
+        paused read it gives way at once to the worker's close: the end of a stream (``mlx_lm``
+        closes after each response) is never held back. The deadline lowers the mark back to
+        one byte, and the kernel then reports at once whatever waits. Where the option cannot
+        be set, nothing changes: every event is read as it comes.
+        """
         if self._transport is None or self._eof or self._error is not None:
             return
-        self._held = True
-        self._transport.pause_reading()
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if nbytes != self._lowat and not self._set_lowat(nbytes):
+            return
+        self._release = asyncio.get_running_loop().call_later(within, self._deadline)
+
+    def _deadline(self) -> None:
+        self._release = None
+        if self._set_lowat(1) and self._transport is not None and not self._paused:
+            # Linux reports the socket readable when its mark is lowered; re-registering it
+            # with the selector makes any kernel (kqueue) look again.
+            self._transport.pause_reading()
+            self._transport.resume_reading()
+
+    def _set_lowat(self, nbytes: int) -> bool:
+        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+        if sock is None:
+            return False
         try:
-            await asyncio.sleep(seconds)
-        finally:
-            self._held = False
-            if not self._paused and self._transport is not None:
-                self._transport.resume_reading()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, nbytes))
+        except OSError:
+            return False
+        self._lowat = max(1, nbytes)
+        return True
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -297,6 +325,9 @@ class UpstreamResponse(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        if self._release is not None and (self._eof or self._error is not None):
+            self._release.cancel()  # over: nothing left to gather
+            self._release = None
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         if (self._eof or self._error is not None) and self.on_done is not None:

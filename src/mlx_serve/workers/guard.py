@@ -74,6 +74,21 @@ def _raise_listen_backlog() -> None:
     )
 
 
+def _send_events_at_once() -> None:
+    """Turn Nagle's algorithm off for servers built on ``socketserver`` (``mlx_lm server``).
+
+    With it on, a token event written while an earlier one is still unacknowledged waits in
+    the worker until the ACK comes; the router lets a fast stream's events gather in its
+    socket before it reads them (``UpstreamResponse.gather``), and the kernel delays the ACK
+    of data nobody has read yet, so the events it waits for would sit in the worker instead,
+    until its deadline. asyncio servers (``mlx_vlm``'s uvicorn, our own workers) set
+    ``TCP_NODELAY`` already.
+    """
+    import socketserver  # noqa: PLC0415 - stdlib, cheap; only the class attribute changes
+
+    socketserver.StreamRequestHandler.disable_nagle_algorithm = True
+
+
 def _admit_new_requests_every(seconds: float) -> None:
     """Make ``mlx_lm server`` look for new requests every ``seconds`` while it generates.
 
@@ -125,6 +140,7 @@ def main() -> None:
 
         start_followers(Path(followers))
     _raise_listen_backlog()
+    _send_events_at_once()
     if admit_every is not None:
         _admit_new_requests_every(admit_every)
     runpy.run_module(module, run_name="__main__", alter_sys=True)

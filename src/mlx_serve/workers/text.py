@@ -31,10 +31,14 @@ if TYPE_CHECKING:
 #: milliseconds after a batch started waits for that whole batch (a tiny model's 128 tokens:
 #: ~200-500 ms) instead of joining it. Measured on 8 simultaneous streams through the router
 #: (2-core box, 8 bursts): 7-14 of 64 first tokens > 100 ms late and TTFT p95 193-243 ms with
-#: mlx_lm's default, none late and p95 40-46 ms with 20 ms; a look at an empty queue costs
-#: nothing measurable (sequential decode unchanged). Not for sharded models: there each look is
-#: an all-reduce across the ranks.
-ADMIT_EVERY_S = 0.02
+#: mlx_lm's default, none late with 20 ms; then bursts of 8 straight to the worker (30 per
+#: setting, interleaved): with 20 ms about 4 in 10 bursts still split (the late part waited
+#: ~25 ms: TTFT p95 41 ms), with 2 ms the first tokens of a burst were at most 4 ms apart
+#: (p95 23 ms, p50 15.5 vs 15.9 ms). A model whose decoding step takes longer than this looks
+#: after every step. A look at an empty queue costs nothing measurable (sequential decode
+#: x0.99-x1.02 of 20 ms, as noisy as two runs of the same setting). Not for sharded models:
+#: there each look is an all-reduce across the ranks.
+ADMIT_EVERY_S = 0.002
 #: The guard's options for every text worker and spare (and the benchmark's cold-start floor).
 GUARD_FLAGS = ("--mlx-lm-admit-every", str(ADMIT_EVERY_S))
 
