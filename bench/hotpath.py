@@ -73,7 +73,7 @@ from bench.lib.servers import (
     router_cpu_s,
 )
 from bench.lib.source import describe_source, export_ref
-from bench.lib.stats import median, summarize
+from bench.lib.stats import median, median_ci, summarize
 from mlx_serve.stats import percentile
 from mlx_serve.workers.process import free_port
 from mlx_serve.workers.text import GUARD_FLAGS
@@ -768,9 +768,15 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
             if not pairs:
                 cells.append("—")
             elif phase in ("ttft", "concurrent_ttft"):
-                cells.append(f"{median([o - b for b, o in pairs]):+.1f} ms (n={len(pairs)})")
+                diffs = [o - b for b, o in pairs]
+                ci = median_ci(diffs)
+                span = f"; 95% CI {ci[0]:+.1f} to {ci[1]:+.1f}" if ci else ""
+                cells.append(f"{median(diffs):+.1f} ms (n={len(pairs)}{span})")
             else:
-                cells.append(f"x{median([o / b for b, o in pairs]):.2f} (n={len(pairs)})")
+                ratios = [o / b for b, o in pairs]
+                ci = median_ci(ratios)
+                span = f"; 95% CI x{ci[0]:.2f}-x{ci[1]:.2f}" if ci else ""
+                cells.append(f"x{median(ratios):.2f} (n={len(pairs)}{span})")
         rows.append([label, "", "", cells[0], "", cells[1]])
 
     n_seq = dig(results, "settings", "seq_requests")
