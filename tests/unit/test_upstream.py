@@ -280,3 +280,20 @@ async def test_a_gathering_response_wakes_for_enough_bytes_its_deadline_or_the_c
         # Gathering on a finished response does nothing.
         response.gather(100, 3600)
         assert not response.gathering
+
+
+async def test_a_gather_deadline_does_not_resume_a_response_paused_for_its_buffer() -> None:
+    total = FLOOD_BYTES
+    async with serving(flood) as port:
+        response = await upstream.post("127.0.0.1", port, "/x", b"{}", "application/json")
+        try:
+            await eventually(lambda: response.paused, what="reading paused")
+            response.gather(1024, 0.001)
+            await eventually(lambda: not response.gathering, what="the deadline")
+            for _ in range(5):  # a resumed transport would read within an iteration or two
+                await asyncio.sleep(0)
+            # Still too much waiting: reading stays paused until the router takes it.
+            assert response.paused and response.buffered <= upstream.HIGH_WATER + 1024 * 1024
+            assert len(await response.read()) == total
+        finally:
+            response.close()

@@ -346,13 +346,13 @@ async def _relay_stream(
     # CPU per wake-up (a recv(), a send() that wakes the client, the loop around them) is
     # taken from generation: a tiny model's ~1,000 tokens/s reached the client at
     # x0.91-0.95 of direct when relayed token by token (a plain aiohttp relay measured the
-    # same), x0.98-1.00 in steps, with 0.055-0.066 s of router CPU per 1000 tokens
-    # (bench/README.md). The first tokens are never
-    # held, nor the end of a stream (the worker's close or its last events wake the router),
-    # and a stream slower than two tokens per PACE_MAX_S (any real model on a laptop) is
-    # never paced: there a step would only delay. Tried before and dropped: writing several
-    # events at once after a timer (it saved sends, not wake-ups) and pausing reads for a
-    # few token intervals (the pause also held back each stream's end, 2-3 ms of 120).
+    # same), x0.96-1.01 in steps, with 0.055-0.066 s of router CPU per 1000 tokens
+    # (bench/README.md). The first tokens are never held, nor the end of a stream (the
+    # worker's close or its last events wake the router), and a stream slower than two
+    # tokens per PACE_MAX_S (any real model on a laptop) is never paced: there a step would
+    # only delay. Tried before and dropped: writing several events at once after a timer
+    # (it saved sends, not wake-ups) and pausing reads for a few token intervals (the pause
+    # also held back each stream's end, 2-3 ms of 120).
     buffer = b""  # the start of an event not yet whole
     read = upstream.readany
     received = 0  # body bytes: their mean per token sizes a step
