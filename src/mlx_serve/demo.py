@@ -28,6 +28,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from mlx_serve import event_loop
 from mlx_serve.config import load_config
 from mlx_serve.demo_assets import QUICK_BROWN_FOX_TEXT, QUICK_BROWN_FOX_WAV
 from mlx_serve.files import atomic_write_text
@@ -148,7 +149,7 @@ def run_demo(workdir: Path, *, port: int, exit_after: bool) -> int:
     console.print(f"config: {config_path}")
     config = load_config(config_path)
     data_dir = config.server.data_dir or workdir / "data"
-    return asyncio.run(_serve_and_tour(config, data_dir, exit_after=exit_after))
+    return event_loop.run(_serve_and_tour(config, data_dir, exit_after=exit_after))
 
 
 async def _serve_and_tour(config: Any, data_dir: Path, *, exit_after: bool) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from mlx_serve import event_loop
 from mlx_serve.config import Config, ModelType
 from mlx_serve.config.sizes import format_bytes
 from mlx_serve.observability.event_log import EventLogFile
@@ -273,7 +274,10 @@ async def serve(
         site = web.TCPSite(runner, host, port)
         await site.start()
         url = f"http://{host}:{port}"
-        log.info("mlx-serve listening on %s (%d models configured)", url, len(config.models))
+        log.info(
+            "mlx-serve listening on %s (%d models configured, %s event loop)",
+            url, len(config.models), event_loop.name(),
+        )  # fmt: skip
         for notice in config.notices:
             log.warning("%s", notice)
         if (exposed := exposure_warning(host, resolve_api_key(config.server.api_key))) is not None:

@@ -24,7 +24,7 @@ import typer
 from rich.logging import RichHandler
 from rich.text import Text
 
-from mlx_serve import __version__
+from mlx_serve import __version__, event_loop
 from mlx_serve.cli import views
 from mlx_serve.cli.client import ServerTooOld
 from mlx_serve.cli.connect import api_errors, connect
@@ -161,7 +161,7 @@ def start(
                 write_pid(data_dir)
                 log.info("OpenAI API: %s · dashboard: %s", info.api_url, info.dashboard_url)
 
-            asyncio.run(serve(cfg, data_dir=data_dir, host=host, port=port, on_ready=ready))
+            event_loop.run(serve(cfg, data_dir=data_dir, host=host, port=port, on_ready=ready))
         except (KeyboardInterrupt, asyncio.CancelledError):
             pass
         except OSError as exc:

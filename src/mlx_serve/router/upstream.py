@@ -22,6 +22,7 @@ import collections
 import contextlib
 import socket
 from collections.abc import Callable
+from typing import cast
 
 #: Pause reading from the worker while this many body bytes wait for the router to take them.
 HIGH_WATER = 256 * 1024
@@ -69,8 +70,8 @@ class UpstreamResponse(asyncio.Protocol):
     # -- the protocol side (called by the event loop) --------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's does not subclass asyncio.Transport: no isinstance).
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
@@ -453,7 +454,6 @@ class Preopened:
             self._opening[key] -= 1
             if not self._opening[key]:
                 del self._opening[key]
-        assert isinstance(transport, asyncio.Transport)
         if self._closed:
             transport.abort()
         else:
