@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +82,57 @@ class _AsyncioWorkerProcess:
             os.killpg(self._proc.pid, sig)
 
 
+class _SpawnedWorkerProcess:
+    """A worker spawned by :class:`SubprocessLauncher`: its exit is awaited through a thread
+    of its own that reaps it (one per worker; it sleeps in ``waitpid``)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = loop.create_future()
+        threading.Thread(
+            target=self._reap, args=(loop,), name=f"reap-{proc.pid}", daemon=True
+        ).start()
+
+    def _reap(self, loop: asyncio.AbstractEventLoop) -> None:
+        code = self._proc.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(self._set_exited, code)
+
+    def _set_exited(self, code: int) -> None:
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        # As the loop has seen it (not the reaping thread), like asyncio's Process.
+        return self._exited.result() if self._exited.done() else None
+
+    async def wait(self) -> int:
+        code = await asyncio.shield(self._exited)
+        # The guard pipe is ours to close once the process is gone.
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        return code
+
+    def signal_group(self, sig: int) -> None:
+        # The worker is a session leader, so its pgid is its pid (see _AsyncioWorkerProcess).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+
 class SubprocessLauncher:
-    """The real launcher: ``asyncio`` subprocess, new session, output appended to a log file."""
+    """The real launcher: a new session, output appended to a log file, spawned off the loop.
+
+    Why a thread: ``fork``/``exec`` blocks the calling thread until the child has exec'd,
+    and on a busy machine the child may wait a while for a CPU; spawned on the event loop
+    (``asyncio.create_subprocess_exec``), that held every stream the router was relaying
+    (131 ms measured under a CI run's load).
+    """
 
     async def launch(self, spec: LaunchSpec) -> WorkerProcess:
         env = {**os.environ, **spec.env}
@@ -93,17 +143,38 @@ class SubprocessLauncher:
             except OSError as exc:
                 # A full disk or unwritable data dir costs the log, not the model.
                 warn_storage_once("worker logs", spec.log_path, exc)
-                out = asyncio.subprocess.DEVNULL
-            proc = await asyncio.create_subprocess_exec(
-                *spec.argv,
-                stdin=asyncio.subprocess.PIPE,  # the guard pipe, see module docstring
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-                env=env,
-                cwd=spec.cwd,
+                out = subprocess.DEVNULL
+            spawn = asyncio.ensure_future(
+                asyncio.to_thread(
+                    subprocess.Popen,
+                    list(spec.argv),
+                    stdin=subprocess.PIPE,  # the guard pipe, see module docstring
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=env,
+                    cwd=spec.cwd,
+                )
             )
-        return _AsyncioWorkerProcess(proc)
+            try:
+                proc = await asyncio.shield(spawn)
+            except asyncio.CancelledError:
+                # Cancelled mid-spawn: the process still comes; it must not outlive this.
+                spawn.add_done_callback(_end_unwanted)
+                raise
+        return _SpawnedWorkerProcess(proc)
+
+
+def _end_unwanted(spawn: asyncio.Future[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL the group of a worker whose launch was cancelled, and let a thread reap it."""
+    if spawn.cancelled() or spawn.exception() is not None:
+        return
+    proc = spawn.result()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, SIGKILL)
+    if proc.stdin is not None:
+        proc.stdin.close()
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
 
 
 async def end_group(
