@@ -346,7 +346,7 @@ async def _relay_stream(
     # CPU per wake-up (a recv(), a send() that wakes the client, the loop around them) is
     # taken from generation: a tiny model's ~1,000 tokens/s reached the client at
     # x0.91-0.95 of direct when relayed token by token (a plain aiohttp relay measured the
-    # same), x0.96-1.01 in steps, with 0.055-0.066 s of router CPU per 1000 tokens
+    # same), x0.95-1.01 in steps, with 0.047-0.075 s of router CPU per 1000 tokens
     # (bench/README.md). The first tokens are never held, nor the end of a stream (the
     # worker's close or its last events wake the router), and a stream slower than two
     # tokens per PACE_MAX_S (any real model on a laptop) is never paced: there a step would
