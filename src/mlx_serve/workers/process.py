@@ -56,37 +56,53 @@ class Launcher(Protocol):
     async def launch(self, spec: LaunchSpec) -> WorkerProcess: ...
 
 
-class _AsyncioWorkerProcess:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self._proc = proc
+class _GroupLeader:
+    """What every real worker process shares: it leads its own session, and its stdin is the
+    guard pipe (module docstring), ours to close once it is gone."""
+
+    def __init__(self, pid: int, guard_pipe: Any) -> None:
+        self._pid = pid
+        self._guard_pipe = guard_pipe
 
     @property
     def pid(self) -> int:
-        return self._proc.pid
+        return self._pid
 
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode
+    async def _exit(self) -> int:
+        raise NotImplementedError
 
     async def wait(self) -> int:
-        code = await self._proc.wait()
-        # The guard pipe is ours to close once the process is gone.
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
+        code = await self._exit()
+        if self._guard_pipe is not None:
+            self._guard_pipe.close()
         return code
 
     def signal_group(self, sig: int) -> None:
         # The worker is a session leader, so its pgid is its pid. After the leader has been
         # reaped, the group may still hold children it forked; they get the signal too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, sig)
+            os.killpg(self._pid, sig)
 
 
-class _SpawnedWorkerProcess:
+class _AsyncioWorkerProcess(_GroupLeader):
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        super().__init__(proc.pid, proc.stdin)
+        self._proc = proc
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def _exit(self) -> int:
+        return await self._proc.wait()
+
+
+class _SpawnedWorkerProcess(_GroupLeader):
     """A worker spawned by :class:`SubprocessLauncher`: its exit is awaited through a thread
     of its own that reaps it (one per worker; it sleeps in ``waitpid``)."""
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        super().__init__(proc.pid, proc.stdin)
         self._proc = proc
         loop = asyncio.get_running_loop()
         self._exited: asyncio.Future[int] = loop.create_future()
@@ -104,25 +120,12 @@ class _SpawnedWorkerProcess:
             self._exited.set_result(code)
 
     @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    @property
     def returncode(self) -> int | None:
         # As the loop has seen it (not the reaping thread), like asyncio's Process.
         return self._exited.result() if self._exited.done() else None
 
-    async def wait(self) -> int:
-        code = await asyncio.shield(self._exited)
-        # The guard pipe is ours to close once the process is gone.
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
-        return code
-
-    def signal_group(self, sig: int) -> None:
-        # The worker is a session leader, so its pgid is its pid (see _AsyncioWorkerProcess).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._proc.pid, sig)
+    async def _exit(self) -> int:
+        return await asyncio.shield(self._exited)
 
 
 class SubprocessLauncher:
