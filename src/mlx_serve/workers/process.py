@@ -139,32 +139,34 @@ class SubprocessLauncher:
 
     async def launch(self, spec: LaunchSpec) -> WorkerProcess:
         env = {**os.environ, **spec.env}
-        with contextlib.ExitStack() as stack:
-            try:
-                spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-                out: Any = stack.enter_context(spec.log_path.open("ab"))
-            except OSError as exc:
-                # A full disk or unwritable data dir costs the log, not the model.
-                warn_storage_once("worker logs", spec.log_path, exc)
-                out = subprocess.DEVNULL
-            spawn = asyncio.ensure_future(
-                asyncio.to_thread(
-                    subprocess.Popen,
-                    list(spec.argv),
-                    stdin=subprocess.PIPE,  # the guard pipe, see module docstring
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    env=env,
-                    cwd=spec.cwd,
-                )
+        out: Any = subprocess.DEVNULL
+        try:
+            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = spec.log_path.open("ab")
+        except OSError as exc:
+            # A full disk or unwritable data dir costs the log, not the model.
+            warn_storage_once("worker logs", spec.log_path, exc)
+        spawn = asyncio.ensure_future(
+            asyncio.to_thread(
+                subprocess.Popen,
+                list(spec.argv),
+                stdin=subprocess.PIPE,  # the guard pipe, see module docstring
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                cwd=spec.cwd,
             )
-            try:
-                proc = await asyncio.shield(spawn)
-            except asyncio.CancelledError:
-                # Cancelled mid-spawn: the process still comes; it must not outlive this.
-                spawn.add_done_callback(_end_unwanted)
-                raise
+        )
+        if out is not subprocess.DEVNULL:
+            # Ours is closed once the child has its copy, not before (even if cancelled).
+            spawn.add_done_callback(lambda _: out.close())
+        try:
+            proc = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            # Cancelled mid-spawn: the process still comes; it must not outlive this.
+            spawn.add_done_callback(_end_unwanted)
+            raise
         return _SpawnedWorkerProcess(proc)
 
 
