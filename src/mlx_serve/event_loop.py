@@ -4,9 +4,9 @@ Why: the router's time per streamed token is mostly event-loop work (a wake-up, 
 write), and on a small machine that CPU is taken from generation. Measured on the 2-core box
 (``bench/README.md``, two interleaved runs), the same router on uvloop used 10-16% less CPU per
 streamed token (61 vs 68-72 us, 69 vs 82 us), and its first token came +0.17 vs +0.60-0.85 ms
-(+0.65 vs +0.76 ms) after direct ``mlx_lm``'s. uvloop is a
-dependency everywhere it builds (not Windows); ``MLX_SERVE_EVENT_LOOP=asyncio`` runs on
-asyncio's loop instead (to rule the loop out when something misbehaves).
+(+0.65 vs +0.76 ms) after direct ``mlx_lm``'s. uvloop is a dependency everywhere it builds (not
+Windows); ``MLX_SERVE_EVENT_LOOP=asyncio`` runs on asyncio's loop instead (to rule the loop out
+when something misbehaves).
 """
 
 from __future__ import annotations

@@ -171,15 +171,13 @@ class SubprocessLauncher:
 
 
 def _end_unwanted(spawn: asyncio.Future[subprocess.Popen[bytes]]) -> None:
-    """SIGKILL the group of a worker whose launch was cancelled, and let a thread reap it."""
+    """SIGKILL the group of a worker whose launch was cancelled (its thread reaps it)."""
     if spawn.cancelled() or spawn.exception() is not None:
         return
     proc = spawn.result()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, SIGKILL)
+    _SpawnedWorkerProcess(proc).signal_group(SIGKILL)
     if proc.stdin is not None:
         proc.stdin.close()
-    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
 
 
 async def end_group(
