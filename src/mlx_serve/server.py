@@ -286,6 +286,9 @@ async def serve(
         if on_ready is not None:
             on_ready(ServerHandle(url, supervisor, stop_requested.set))
         await stop_requested.wait()
+        # No new connections from here on, before anything below awaits: the listener stays
+        # open until runner.cleanup() otherwise, and a request accepted meanwhile was served.
+        await site.stop()
         for task in background:
             task.cancel()
         await supervisor.scheduler.close()  # waiters get 503 instead of a dropped connection
