@@ -38,9 +38,9 @@ RETRY_BACKOFF = 0.05
 #: A token of a fast stream waits at most this long in the router's socket before it is
 #: relayed (see _relay_stream); a stream slower than two tokens per PACE_MAX_S is relayed
 #: token by token.
-PACE_MAX_S = 0.01
+PACE_MAX_S = 0.02
 #: One wake-up of the router relays at most this many tokens of a fast stream.
-PACE_TOKENS = 8
+PACE_TOKENS = 16
 #: Tokens relayed one by one first, to learn the stream's pace and event size.
 PACE_AFTER = 3
 #: After [DONE] (the client's stream is already complete), how long the worker may take to
@@ -346,10 +346,12 @@ async def _relay_stream(
     # CPU per wake-up (a recv(), a send() that wakes the client, the loop around them) is
     # taken from generation: a tiny model's ~1,000 tokens/s reached the client at
     # x0.91-0.95 of direct when relayed token by token (a plain aiohttp relay measured the
-    # same), x0.95-1.01 in steps, with 0.047-0.075 s of router CPU per 1000 tokens
-    # (bench/README.md). The first tokens are never held, nor the end of a stream (the
-    # worker's close or its last events wake the router), and a stream slower than two
-    # tokens per PACE_MAX_S (any real model on a laptop) is never paced: there a step would
+    # same), x0.95-1.01 in steps of 10 ms / 8 tokens, paired x0.99-1.01 in steps of 20 ms /
+    # 16 tokens where 10 ms / 8 measured x0.96-0.99 in the same four runs, with 0.030-0.041
+    # s of router CPU per 1000 tokens (bench/README.md). 20 ms is a screen refresh or two:
+    # no reader sees the steps. The first tokens are never held, nor the end of a stream
+    # (the worker's close or its last events wake the router), and a stream slower than two
+    # tokens per PACE_MAX_S (a 7B model on a laptop) is never paced: there a step would
     # only delay. Tried before and dropped: writing several events at once after a timer
     # (it saved sends, not wake-ups) and pausing reads for a few token intervals (the pause
     # also held back each stream's end, 2-3 ms of 120).
