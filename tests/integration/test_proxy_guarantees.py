@@ -241,6 +241,42 @@ async def test_a_fast_stream_is_read_in_steps_and_loses_nothing(
     assert all(0 < n < 200 * proxy.PACE_TOKENS and w == proxy.PACE_MAX_S for n, w in gathers)
 
 
+@pytest.mark.parametrize("die", [False, True])
+async def test_a_translated_fast_stream_is_read_in_steps_and_loses_nothing(
+    worker: tuple[AppRun, Upstream], gathers: list[tuple[int, float]], die: bool
+) -> None:
+    """The dialects' reader (``router.calls``) paces its reads as the OpenAI relay does; an
+    Anthropic Messages stream still carries every token, and a worker dying mid-stream still
+    ends it with an ``event: error``."""
+    run, upstream = worker
+    upstream.events, upstream.gap, upstream.die = 200, 0, die
+    body = {
+        "model": "chat",
+        "max_tokens": 500,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    async with run.http.post("/v1/messages", json=body) as r:
+        assert r.status == 200
+        raw = await r.read()
+    events = [
+        (
+            block.split(b"\n")[0].removeprefix(b"event: ").decode(),
+            json.loads(block.split(b"data: ", 1)[1]),
+        )
+        for block in raw.split(b"\n\n")
+        if b"data: " in block
+    ]
+    text = "".join(data["delta"]["text"] for name, data in events if name == "content_block_delta")
+    assert text == "".join(f"t{i} " for i in range(200))
+    if die:
+        assert events[-1][0] == "error", events[-1]
+    else:
+        assert events[-1][0] == "message_stop", events[-1]
+    assert gathers
+    assert all(0 < n < 200 * proxy.PACE_TOKENS and w == proxy.PACE_MAX_S for n, w in gathers)
+
+
 async def test_a_slow_stream_is_relayed_token_by_token(
     worker: tuple[AppRun, Upstream], gathers: list[tuple[int, float]]
 ) -> None:

@@ -35,6 +35,7 @@ from mlx_serve.router.proxy import (
     Upstream,
     died,
     open_upstream,
+    pace,
     read_usage,
     upstream_error,
 )
@@ -84,7 +85,13 @@ class Reply:
         """
         trace = self._trace
         buffer = b""
+        received = 0  # body bytes, for the pace of the reads (proxy.pace)
+        step = 0
         while True:
+            if received:
+                # The events of the last read were all yielded, so the dialect has written
+                # them: a fast stream's next ones may gather first, as on the OpenAI routes.
+                step = pace(self._response, trace, received, step)
             try:
                 chunk = await self._response.readany()
             except UpstreamError as exc:
@@ -93,6 +100,7 @@ class Reply:
                 raise self._failed(
                     UpstreamError("the stream ended without [DONE]", before_response=False)
                 )
+            received += len(chunk)
             buffer += chunk
             *whole, buffer = buffer.split(b"\n\n")
             for event in whole:
