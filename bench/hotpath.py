@@ -53,7 +53,7 @@ import psutil
 
 from bench.lib.client import PROMPT, StreamResult, error_summary, run_concurrently, stream_chat
 from bench.lib.paths import BENCH_DIR
-from bench.lib.processes import Proc, kill_group, run_main, stop_all
+from bench.lib.processes import GuardedProc, kill_group, run_main, stop_all
 from bench.lib.report import console, dig, fmt, fresh_dir, ratio, write_outputs
 from bench.lib.report import print_table as print_report_table
 from bench.lib.report import render_markdown as render_report
@@ -65,10 +65,12 @@ from bench.lib.servers import (
     LEGACY_VENV,
     LEGACY_VERSION,
     OURS,
+    WORKER,
     DirectServer,
     LegacyServer,
     OursServer,
     Server,
+    WorkerServer,
     ensure_legacy_venv,
     router_cpu_s,
 )
@@ -78,7 +80,7 @@ from mlx_serve.stats import percentile
 from mlx_serve.workers.process import free_port
 from mlx_serve.workers.text import GUARD_FLAGS
 
-TARGETS = (DIRECT, OURS, LEGACY)
+TARGETS = (DIRECT, OURS, LEGACY)  # the table's columns; ``--worker`` adds WORKER
 MAX_TOKENS = 128
 # Tried in order until the model generates MAX_TOKENS without stopping at its EOS.
 PROMPTS = (
@@ -301,22 +303,6 @@ class HotOursServer(OursServer):
 
     async def spares(self, session: aiohttp.ClientSession) -> tuple[bool, Any]:
         return find_key(await get_json(session, self.url + "/api/stats"), "spares")
-
-
-class GuardedProc(Proc):
-    """A worker started like mlx-serve starts one: its stdin a pipe we keep open (the guard
-    SIGKILLs its process group when the pipe closes)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, stdin=subprocess.PIPE, **kwargs)
-
-    def stop(self) -> None:
-        if self.popen is not None and not self.stopped and self.popen.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.popen.stdin.close()  # the guard kills the group at once
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(5)
-        super().stop()
 
 
 # ------------------------------------------------------------------------------ stages
@@ -699,14 +685,23 @@ def _tokens_cell(phase: dict[str, Any] | None) -> str:
     return f"{span} (n={len(tokens)})"
 
 
-HEADER = [
-    "Metric",
-    "direct mlx_lm",
-    "mlx-serve (this repo)",
-    "vs direct",
-    f"mlx-serve {LEGACY_VERSION}",
-    "vs direct",
-]
+COLUMN_TITLES = {
+    DIRECT: "direct mlx_lm",
+    OURS: "mlx-serve (this repo)",
+    LEGACY: f"mlx-serve {LEGACY_VERSION}",
+    WORKER: "its worker, no router",
+}
+
+
+def header(targets: Sequence[str] = TARGETS) -> list[str]:
+    """Metric, direct, then a value and its ratio to direct for every other target."""
+    out = ["Metric", COLUMN_TITLES[DIRECT]]
+    for target in targets[1:]:
+        out += [COLUMN_TITLES[target], "vs direct"]
+    return out
+
+
+HEADER = header()
 
 
 def _batch_ttft_ms(batch: dict[str, Any]) -> float | None:
@@ -715,8 +710,50 @@ def _batch_ttft_ms(batch: dict[str, Any]) -> float | None:
     return median(ttfts) if ttfts else None
 
 
-def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[str]]:
+def per_round(
+    results: dict[str, Any], skipped: dict[str, str], target: str, phase: str
+) -> list[float | None] | None:
+    """One figure per round (requests and batches go round-robin over the targets)."""
+    if target in skipped or not dig(
+        results, target, "concurrent" if phase == "concurrent" else "sequential"
+    ):
+        return None
+    if phase == "sequential":
+        raw = dig(results, target, "sequential", "requests_raw") or []
+        return [_num(r.get("tokens_per_s")) for r in raw]
+    if phase == "ttft":
+        raw = dig(results, target, "sequential", "requests_raw") or []
+        return [None if r.get("ttft_s") is None else r["ttft_s"] * 1000 for r in raw]
+    batches = dig(results, target, "concurrent", "batches") or []
+    if phase == "concurrent_ttft":  # a batch's median first token
+        return [_batch_ttft_ms(b) for b in batches]
+    return [_num(b.get("aggregate_tokens_per_s")) for b in batches]
+
+
+def paired_cell(
+    base: list[float | None] | None, other: list[float | None] | None, phase: str
+) -> str:
+    """The median over rounds of each round's ratio of ``other`` to ``base`` (for TTFT, the
+    difference), with its bootstrap 95% interval."""
+    pairs = [(b, o) for b, o in zip(base or [], other or [], strict=False) if b and o]
+    if not pairs:
+        return "—"
+    if phase in ("ttft", "concurrent_ttft"):
+        diffs = [o - b for b, o in pairs]
+        ci = median_ci(diffs)
+        span = f"; 95% CI {ci[0]:+.1f} to {ci[1]:+.1f}" if ci else ""
+        return f"{median(diffs):+.1f} ms (n={len(pairs)}{span})"
+    ratios = [o / b for b, o in pairs]
+    ci = median_ci(ratios)
+    span = f"; 95% CI x{ci[0]:.2f}-x{ci[1]:.2f}" if ci else ""
+    return f"x{median(ratios):.2f} (n={len(pairs)}{span})"
+
+
+def build_rows(
+    results: dict[str, Any], skipped: dict[str, str], targets: Sequence[str] = TARGETS
+) -> list[list[str]]:
     rows: list[list[str]] = []
+    others = targets[1:]  # targets[0] is direct, the yardstick
 
     def cell(target: str, path: Sequence[str], unit: str) -> tuple[str, float | None]:
         if target in skipped:
@@ -728,56 +765,29 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
 
     def metric(label: str, path: Sequence[str], unit: str, *, no_direct: bool = False) -> None:
         d, dv = cell(DIRECT, path, unit)
-        o, ov = cell(OURS, path, unit)
-        lg, lv = cell(LEGACY, path, unit)
         if no_direct:
             d, dv = "n/a (no router)", None
-        rows.append([label, d, o, ratio(ov, dv, unit), lg, ratio(lv, dv, unit)])
+        row = [label, d]
+        for target in others:
+            if no_direct and target == WORKER:
+                row += ["n/a (no router)", ""]
+                continue
+            o, ov = cell(target, path, unit)
+            row += [o, ratio(ov, dv, unit)]
+        rows.append(row)
 
     def tokens(label: str, phase: str) -> None:
         cells = [
-            "skipped" if t in skipped else _tokens_cell(dig(results, t, phase)) for t in TARGETS
+            "skipped" if t in skipped else _tokens_cell(dig(results, t, phase)) for t in targets
         ]
-        rows.append([label, cells[0], cells[1], "", cells[2], ""])
-
-    def per_round(target: str, phase: str) -> list[float | None] | None:
-        """One figure per round (requests and batches go round-robin over the targets)."""
-        if target in skipped or not dig(
-            results, target, "concurrent" if phase == "concurrent" else "sequential"
-        ):
-            return None
-        if phase == "sequential":
-            raw = dig(results, target, "sequential", "requests_raw") or []
-            return [_num(r.get("tokens_per_s")) for r in raw]
-        if phase == "ttft":
-            raw = dig(results, target, "sequential", "requests_raw") or []
-            return [None if r.get("ttft_s") is None else r["ttft_s"] * 1000 for r in raw]
-        batches = dig(results, target, "concurrent", "batches") or []
-        if phase == "concurrent_ttft":  # a batch's median first token
-            return [_batch_ttft_ms(b) for b in batches]
-        return [_num(b.get("aggregate_tokens_per_s")) for b in batches]
+        rows.append(_spread(label, cells))
 
     def paired(label: str, phase: str) -> None:
         """The median over rounds of each round's ratio (or, for TTFT, difference) to direct:
         a slow stretch of the machine moves both sides of a round, not the comparison."""
-        base = per_round(DIRECT, phase)
-        cells = []
-        for target in (OURS, LEGACY):
-            other = per_round(target, phase)
-            pairs = [(b, o) for b, o in zip(base or [], other or [], strict=False) if b and o]
-            if not pairs:
-                cells.append("—")
-            elif phase in ("ttft", "concurrent_ttft"):
-                diffs = [o - b for b, o in pairs]
-                ci = median_ci(diffs)
-                span = f"; 95% CI {ci[0]:+.1f} to {ci[1]:+.1f}" if ci else ""
-                cells.append(f"{median(diffs):+.1f} ms (n={len(pairs)}{span})")
-            else:
-                ratios = [o / b for b, o in pairs]
-                ci = median_ci(ratios)
-                span = f"; 95% CI x{ci[0]:.2f}-x{ci[1]:.2f}" if ci else ""
-                cells.append(f"x{median(ratios):.2f} (n={len(pairs)}{span})")
-        rows.append([label, "", "", cells[0], "", cells[1]])
+        base = per_round(results, skipped, DIRECT, phase)
+        cells = [paired_cell(base, per_round(results, skipped, t, phase), phase) for t in others]
+        rows.append([label, ""] + [c for cell in cells for c in ("", cell)])
 
     n_seq = dig(results, "settings", "seq_requests")
     n_b, width = dig(results, "settings", "batches"), dig(results, "settings", "width")
@@ -812,9 +822,9 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
             f" ({dig(results, t, 'concurrent', 'listen_overflows')} listen overflows)"
             if dig(results, t, "concurrent")
             else "—"
-            for t in TARGETS
+            for t in targets
         ]
-        rows.append([pre + f"first token ≥ {LATE_S:g} s late", late[0], late[1], "", late[2], ""])
+        rows.append(_spread(pre + f"first token ≥ {LATE_S:g} s late", late))
     metric(
         "Router CPU s per 1000 streamed tokens (sequential)",
         ("router", "cpu_s_per_1k_tokens_sequential"),
@@ -843,7 +853,10 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
             ours = "error"
         else:
             ours = fmt(v, "s")
-        rows.append([label, floor_cell, ours, ratio(v, floor, "s"), na, ""])
+        row = [label, floor_cell]
+        for target in others:
+            row += [ours, ratio(v, floor, "s")] if target == OURS else [na, ""]
+        rows.append(row)
 
     runs = dig(results, "settings", "swap_runs")
     if dig(results, "settings", "real"):
@@ -856,20 +869,29 @@ def build_rows(results: dict[str, Any], skipped: dict[str, str]) -> list[list[st
         str(dig(swap, k, "swaps_counted")) if dig(swap, k) else "—"
         for k in ("swap", "swap_prewarm")
     ]
-    rows.append(
-        ["Swaps counted (server log): no prewarm / prewarm", "n/a", " / ".join(counted), "", na, ""]
-    )
+    row = ["Swaps counted (server log): no prewarm / prewarm", "n/a"]
+    for target in others:
+        row += [" / ".join(counted), ""] if target == OURS else [na, ""]
+    rows.append(row)
     return rows
 
 
+def _spread(label: str, cells: Sequence[str]) -> list[str]:
+    """A row of one value per target (direct first) and no ratios."""
+    return [label, cells[0]] + [c for cell in cells[1:] for c in (cell, "")]
+
+
 def build_notes(
-    results: dict[str, Any], skipped: dict[str, str], meta: dict[str, Any]
+    results: dict[str, Any],
+    skipped: dict[str, str],
+    meta: dict[str, Any],
+    targets: Sequence[str] = TARGETS,
 ) -> list[str]:
     out: list[str] = []
     s = results["settings"]
     for target, reason in skipped.items():
         out.append(f"**{LABELS[target]} was skipped:** {reason}")
-    for target in TARGETS:
+    for target in targets:
         if dig(results, target, "error"):
             out.append(f"{LABELS[target]}: **error** {dig(results, target, 'error')}")
         for phase in ("sequential", "concurrent"):
@@ -914,7 +936,7 @@ def build_notes(
     for where, pids in (swap.get("leaked_pids") or {}).items():
         if pids:
             out.append(f"{where}: processes alive after stop (killed): {pids}")
-    for target in TARGETS:
+    for target in targets:
         pids = dig(results, target, "leaked_pids")
         if pids:
             out.append(f"{LABELS[target]}: processes alive after stop (killed): {pids}")
@@ -948,6 +970,34 @@ def build_notes(
             " (counted in TcpExt ListenOverflows, system-wide, read around each batch) and the"
             f" client retries after 1 s, hence first tokens ≥ {LATE_S:g} s late."
         )
+    if WORKER in targets and OURS not in skipped and WORKER not in skipped:
+
+        def hop_cell(phase: str) -> str:
+            worker = per_round(results, skipped, WORKER, phase)
+            return paired_cell(worker, per_round(results, skipped, OURS, phase), phase)
+
+        hop = [
+            f"{what} {hop_cell(phase)}"
+            for what, phase in (
+                ("sequential decode", "sequential"),
+                ("sequential TTFT", "ttft"),
+                ("concurrent aggregate", "concurrent"),
+                ("concurrent TTFT (batch medians)", "concurrent_ttft"),
+            )
+        ]
+        out.append(
+            "The router's hop alone, mlx-serve vs its worker without the router, per round: "
+            + "; ".join(hop)
+            + "."
+        )
+    if WORKER in targets:
+        out.append(
+            "Its worker, no router = the process mlx-serve starts for a text model, started on its"
+            " own: `python -m mlx_serve.workers.guard --without torch --mlx-lm-admit-every 0.002"
+            " mlx_lm server --model A` (stdin a pipe kept open; the guard also raises the listen"
+            " backlog to 128 and turns Nagle off). mlx-serve vs it = the router's hop alone; it vs"
+            " direct = the worker's settings alone."
+        )
     out.append(
         "Router CPU = user+sys CPU time of the router process (`mlx-serve start`; for 0.3.0 its"
         " uvicorn process), not its workers, over the phase / the tokens streamed in it. Idle RSS"
@@ -976,12 +1026,18 @@ def build_notes(
 TITLE = "Hot path: direct mlx_lm vs mlx-serve vs mlx-serve 0.3.0"
 
 
-def render_markdown(rows: list[list[str]], notes: list[str]) -> str:
-    return render_report(HEADER, rows, notes, TITLE)
+def title(targets: Sequence[str] = TARGETS) -> str:
+    return TITLE + (" vs its worker without the router" if WORKER in targets else "")
 
 
-def print_table(rows: list[list[str]], notes: list[str]) -> None:
-    print_report_table(TITLE, HEADER, rows, notes, no_wrap_first=True)
+def render_markdown(
+    rows: list[list[str]], notes: list[str], targets: Sequence[str] = TARGETS
+) -> str:
+    return render_report(header(targets), rows, notes, title(targets))
+
+
+def print_table(rows: list[list[str]], notes: list[str], targets: Sequence[str] = TARGETS) -> None:
+    print_report_table(title(targets), header(targets), rows, notes, no_wrap_first=True)
 
 
 # ------------------------------------------------------------------------------ main
@@ -1010,7 +1066,8 @@ async def run_all(args: argparse.Namespace) -> int:
     from mlx_serve.tiny_models import build_text_model
 
     settings = Settings.make(args.quick, args.real)
-    name = "hotpath-smollm2" if args.real else "hotpath"
+    targets = (*TARGETS, WORKER) if args.worker else TARGETS
+    name = "hotpath-smollm2" if args.real else "hotpath-worker" if args.worker else "hotpath"
     out_dir: Path = args.out.resolve()  # servers run with another cwd
     logs = fresh_dir(out_dir / "logs" / name)
     started = time.perf_counter()
@@ -1065,15 +1122,16 @@ async def run_all(args: argparse.Namespace) -> int:
             run = Run(settings, session, workdir, models, prompt, ours_env, floor_key)
             servers[DIRECT] = direct
             direct.models = models
-            console.rule("hot path: " + ", ".join(LABELS[t] for t in TARGETS if t not in skipped))
-            routers: list[tuple[str, type[OursServer | LegacyServer]]] = [
+            console.rule("hot path: " + ", ".join(LABELS[t] for t in targets if t not in skipped))
+            routers: list[tuple[str, type[Server]]] = [
                 (OURS, OursServer),
                 (LEGACY, LegacyServer),
+                (WORKER, WorkerServer),
             ]
             for kind, cls in routers:
-                if kind in skipped:
+                if kind in skipped or kind not in targets:
                     continue
-                env = ours_env if kind == OURS else None
+                env = ours_env if kind in (OURS, WORKER) else None
                 router = cls(workdir / kind, logs / "hot", models, env)
                 try:
                     await router.start(session)
@@ -1136,11 +1194,12 @@ async def run_all(args: argparse.Namespace) -> int:
         "seed": seed,
         "prompt": prompt,
     }
-    rows = build_rows(results, skipped)
-    notes = build_notes(results, skipped, meta)
-    print_table(rows, notes)
-    raw = {"meta": meta, "skipped": skipped, "table": [HEADER, *rows], "results": results}
-    await asyncio.to_thread(write_outputs, out_dir, name, render_markdown(rows, notes), raw)
+    rows = build_rows(results, skipped, targets)
+    notes = build_notes(results, skipped, meta, targets)
+    print_table(rows, notes, targets)
+    raw = {"meta": meta, "skipped": skipped, "table": [header(targets), *rows], "results": results}
+    markdown = render_markdown(rows, notes, targets)
+    await asyncio.to_thread(write_outputs, out_dir, name, markdown, raw)
     console.print(
         f"\nwrote {out_dir / (name + '.md')} and {out_dir / (name + '.json')}; logs in {logs}"
     )
@@ -1155,6 +1214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     parser.add_argument("--no-legacy", action="store_true", help="leave mlx-serve 0.3.0 out")
+    parser.add_argument(
+        "--worker",
+        action="store_true",
+        help="add a column: the worker mlx-serve starts, on its own (the router's hop alone;"
+        " writes hotpath-worker.md)",
+    )
     parser.add_argument(
         "--real",
         action="store_true",

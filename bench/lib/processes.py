@@ -84,6 +84,22 @@ class Proc:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
 
+class GuardedProc(Proc):
+    """A worker started like mlx-serve starts one: its stdin a pipe we keep open (the guard
+    SIGKILLs its process group when the pipe closes)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, stdin=subprocess.PIPE, **kwargs)
+
+    def stop(self) -> None:
+        if self.popen is not None and not self.stopped and self.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.popen.stdin.close()  # the guard kills the group at once
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(5)
+        super().stop()
+
+
 def kill_group(pgid: int) -> None:
     """SIGKILL a leaked worker's process group (workers lead their own); gone is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

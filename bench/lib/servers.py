@@ -17,20 +17,22 @@ import psutil
 
 from bench.lib.client import wait_http_ok
 from bench.lib.paths import BENCH_DIR, VENV_BIN
-from bench.lib.processes import Proc, is_live_worker, kill_group
+from bench.lib.processes import GuardedProc, Proc, is_live_worker, kill_group
 from bench.lib.report import console
 from mlx_serve.workers.process import free_port
+from mlx_serve.workers.text import GUARD_FLAGS
 
 LEGACY_VENV = BENCH_DIR / ".venv-030"
 LEGACY_VERSION = "0.3.0"
 
 HEALTH_TIMEOUT = 60.0  # seconds for a server to answer /health after it was spawned
 
-DIRECT, OURS, LEGACY = "direct", "mlx-serve", "mlx-serve-0.3.0"
+DIRECT, OURS, LEGACY, WORKER = "direct", "mlx-serve", "mlx-serve-0.3.0", "worker"
 LABELS = {
     DIRECT: "direct mlx_lm",
     OURS: "mlx-serve (this repo)",
     LEGACY: f"mlx-serve {LEGACY_VERSION} (PyPI)",
+    WORKER: "its worker, no router",
 }
 
 
@@ -68,9 +70,7 @@ class Server:
 
     async def start(self, session: aiohttp.ClientSession) -> float:
         """Spawn the process and wait until it answers /health; the seconds that took."""
-        argv, env = self.command()
-        env = {**env, **self.extra_env}
-        self.proc = Proc(self.kind, argv, self.logs / f"{self.kind}.log", env=env, cwd=self.workdir)
+        self.proc = self.new_proc()
         self.proc.start()
         try:
             return await wait_http_ok(
@@ -78,6 +78,12 @@ class Server:
             )
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"{exc}; log tail:\n{self.proc.log_tail()}") from exc
+
+    def new_proc(self) -> Proc:
+        """The process to start (not started yet)."""
+        argv, env = self.command()
+        env = {**env, **self.extra_env}
+        return Proc(self.kind, argv, self.logs / f"{self.kind}.log", env=env, cwd=self.workdir)
 
     def exited(self) -> str | None:
         """Why the server process is gone (with its log's last line), or None while it runs."""
@@ -142,10 +148,34 @@ class DirectServer(Server):
 
     def spawn(self) -> None:
         """Start without waiting (cold start is measured from here)."""
+        self.proc = self.new_proc()
+        self.proc.start()
+
+
+class WorkerServer(DirectServer):
+    """The worker mlx-serve starts for a text model, on its own: ``mlx_serve.workers.guard``
+    (with the flags mlx-serve gives it: torch hidden, new requests admitted every 2 ms, a
+    listen backlog of 128, Nagle off) around ``mlx_lm server``, its stdin a pipe kept open.
+
+    Why: mlx-serve differs from direct ``mlx_lm server`` in two ways, the router's hop and
+    its worker's settings; this column tells them apart. Against mlx-serve it is the hop
+    alone; against direct, the settings alone (direct's backlog of 5 drops SYNs under 8
+    simultaneous connections, which this worker does not).
+    """
+
+    kind = WORKER
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        argv, env = super().command()
+        at = argv.index("mlx_lm")  # [python, -m, mlx_lm, server, ...]
+        guard = ["-m", "mlx_serve.workers.guard", "--without", "torch", *GUARD_FLAGS]
+        return [argv[0], *guard, *argv[at:]], env
+
+    def new_proc(self) -> Proc:
         argv, env = self.command()
         env = {**env, **self.extra_env}
-        self.proc = Proc(self.kind, argv, self.logs / f"{self.kind}.log", env=env, cwd=self.workdir)
-        self.proc.start()
+        log = self.logs / f"{self.kind}.log"
+        return GuardedProc(self.kind, argv, log, env=env, cwd=self.workdir)
 
 
 _SWAP_LINE = re.compile(r"\bswap \S+ to=\S+")
@@ -277,6 +307,7 @@ SERVER_CLASSES: dict[str, type[Server]] = {
     DIRECT: DirectServer,
     OURS: OursServer,
     LEGACY: LegacyServer,
+    WORKER: WorkerServer,
 }
 
 
