@@ -1,15 +1,15 @@
 """Hot-path benchmark: streamed decoding through the router, router cost, and text swap time.
 
-Run with ``.venv/bin/python -m bench.hotpath [--quick] [--no-legacy] [--out bench/results]``.
+Run with ``.venv/bin/python -m bench.hotpath [--quick] [--no-legacy] [--worker] [--out DIR]``.
 
 One run, side by side, on a tiny random-weight llama built locally
 (:func:`mlx_serve.tiny_models.build_text_model`, nothing is downloaded):
 
 1. **sequential**: 128 streamed tokens at temperature 0 (``stream_options.include_usage`` so the
-   token count is exact), 30 requests per target, round-robin over direct ``mlx_lm server``,
+   token count is exact), 100 requests per target, round-robin over direct ``mlx_lm server``,
    mlx-serve (this repo) and mlx-serve 0.3.0 (PyPI, ``bench/.venv-030``): per-request decode
    tok/s and TTFT, ratios vs direct;
-2. **concurrent**: 5 batches of 8 simultaneous streamed requests per target, interleaved batch by
+2. **concurrent**: 16 batches of 8 simultaneous streamed requests per target, interleaved batch by
    batch: per-request tok/s, TTFT, aggregate tok/s (all tokens of a batch / its wall time);
 3. **router cost**: CPU seconds of the router process per 1000 streamed tokens, and its RSS
    when idle after the phases;
@@ -20,6 +20,9 @@ One run, side by side, on a tiny random-weight llama built locally
    starts a text worker) spawn -> first streamed token. When the installed mlx-serve accepts
    ``server.prewarm: true`` the swaps are also measured on a second server with it (each swap
    only once ``/api/stats`` shows a ready spare).
+
+``--worker`` adds a fourth target to phases 1-3: the worker mlx-serve starts for a text model,
+on its own (the router's hop alone is mlx-serve vs it), and writes ``hotpath-worker.*``.
 
 The servers, helpers and client come from :mod:`bench.lib`. Writes ``OUT/hotpath.md`` and
 ``OUT/hotpath.json`` (every request); the servers' logs, configs and data dirs go to
