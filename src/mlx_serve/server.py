@@ -246,14 +246,20 @@ async def serve(
     )
     stop_requested = asyncio.Event()
     signals_seen = 0
+    first_signal: str | None = None  # logged once the listener is closed
     draining = False  # True while in-flight requests get their grace period
     loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
-        nonlocal signals_seen
+        nonlocal signals_seen, first_signal
         signals_seen += 1
-        log.info("received %s, stopping%s", signal.Signals(signum).name,
-                 " now" if signals_seen > 1 else "")  # fmt: skip
+        if signals_seen == 1:
+            # Not logged here: "stopping" is said once the port refuses new connections (the
+            # main task closes it when it next runs; a client that reads the log and connects
+            # must not be served, and in between the loop may still accept one).
+            first_signal = signal.Signals(signum).name
+        else:
+            log.info("received %s, stopping now", signal.Signals(signum).name)
         stop_requested.set()
         if signals_seen > 1 and draining:
             # Second signal: stop waiting for requests. Only that wait is cut short: once the
@@ -289,10 +295,14 @@ async def serve(
         # No new connections from here on, before anything below awaits: the listener stays
         # open until runner.cleanup() otherwise, and a request accepted meanwhile was served.
         await site.stop()
+        if first_signal is not None:
+            log.info("received %s, stopping", first_signal)
         for task in background:
             task.cancel()
         await supervisor.scheduler.close()  # waiters get 503 instead of a dropped connection
         draining = True
+        if signals_seen > 1:
+            main_task.cancel()  # the second signal came before the drain began: no drain
         await runner.cleanup()  # stop listening; let in-flight requests finish
     finally:
         draining = False
