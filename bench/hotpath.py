@@ -56,7 +56,7 @@ import psutil
 
 from bench.lib.client import PROMPT, StreamResult, error_summary, run_concurrently, stream_chat
 from bench.lib.paths import BENCH_DIR
-from bench.lib.processes import GuardedProc, kill_group, run_main, stop_all
+from bench.lib.processes import kill_group, run_main, stop_all
 from bench.lib.report import console, dig, fmt, fresh_dir, ratio, write_outputs
 from bench.lib.report import print_table as print_report_table
 from bench.lib.report import render_markdown as render_report
@@ -80,8 +80,6 @@ from bench.lib.servers import (
 from bench.lib.source import describe_source, export_ref
 from bench.lib.stats import median, median_ci, summarize
 from mlx_serve.stats import percentile
-from mlx_serve.workers.process import free_port
-from mlx_serve.workers.text import GUARD_FLAGS
 
 TARGETS = (DIRECT, OURS, LEGACY)  # the table's columns; ``--worker`` adds WORKER
 MAX_TOKENS = 128
@@ -633,41 +631,24 @@ async def stage_swap(run: Run, logs: Path) -> dict[str, Any]:
 
 async def floor_once(run: Run, logs: Path, i: int) -> dict[str, Any]:
     """Spawn a text worker the way mlx-serve does, time spawn -> first streamed token."""
-    port = free_port()
     model = run.models[run.floor_key]
-    argv = [
-        sys.executable, "-m", "mlx_serve.workers.guard", "--without", "torch",
-        *GUARD_FLAGS,
-        "mlx_lm", "server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    proc = GuardedProc(
-        "floor",
-        argv,
-        logs / "floor.log",
-        env={"HF_HUB_OFFLINE": "1", **run.ours_env},
-        cwd=run.workdir,
-    )
-
-    def exited() -> str | None:
-        code = proc.popen.poll() if proc.popen else None
-        return None if code is None else f"the worker exited with code {code}: {proc.log_tail(1)}"
-
+    worker = WorkerServer(run.workdir / "floor", logs / "floor", {"a": model}, run.ours_env)
     t0 = time.perf_counter()
-    proc.start()
+    worker.spawn()
     try:
         r = await stream_chat(
             run.session,
-            f"http://127.0.0.1:{port}",
-            str(model),
+            worker.url,
+            worker.model_id("a"),
             max_tokens=run.settings.swap_max_tokens,
             extra=run.body(),
             started=t0,
             retry_connect_until=t0 + HEALTH_TIMEOUT,
-            exited=exited,
+            exited=worker.exited,
         )
     finally:
-        tree = descendants(proc.pid)
-        await asyncio.to_thread(proc.stop)
+        tree = descendants(worker.proc.pid if worker.proc else None)
+        await worker.stop()
         leaked = kill_leftovers(tree)
     return {"run": i, **request_record(r), "leaked_pids": leaked}
 

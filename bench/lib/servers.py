@@ -40,6 +40,7 @@ class Server:
     """A server under test: how to start it, reach it, and inspect it."""
 
     kind: str = ""
+    proc_class: type[Proc] = Proc  # how its process is started and stopped
 
     def __init__(
         self,
@@ -83,7 +84,8 @@ class Server:
         """The process to start (not started yet)."""
         argv, env = self.command()
         env = {**env, **self.extra_env}
-        return Proc(self.kind, argv, self.logs / f"{self.kind}.log", env=env, cwd=self.workdir)
+        log = self.logs / f"{self.kind}.log"
+        return self.proc_class(self.kind, argv, log, env=env, cwd=self.workdir)
 
     def exited(self) -> str | None:
         """Why the server process is gone (with its log's last line), or None while it runs."""
@@ -164,18 +166,13 @@ class WorkerServer(DirectServer):
     """
 
     kind = WORKER
+    proc_class = GuardedProc
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         argv, env = super().command()
         at = argv.index("mlx_lm")  # [python, -m, mlx_lm, server, ...]
         guard = ["-m", "mlx_serve.workers.guard", "--without", "torch", *GUARD_FLAGS]
         return [argv[0], *guard, *argv[at:]], env
-
-    def new_proc(self) -> Proc:
-        argv, env = self.command()
-        env = {**env, **self.extra_env}
-        log = self.logs / f"{self.kind}.log"
-        return GuardedProc(self.kind, argv, log, env=env, cwd=self.workdir)
 
 
 _SWAP_LINE = re.compile(r"\bswap \S+ to=\S+")
