@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -280,6 +281,40 @@ async def test_a_gathering_response_wakes_for_enough_bytes_its_deadline_or_the_c
         # Gathering on a finished response does nothing.
         response.gather(100, 3600)
         assert not response.gathering
+
+
+async def test_a_mark_within_a_quarter_of_the_asked_one_is_kept() -> None:
+    """A fast stream asks for a step after every write; event sizes vary a little, and the
+    socket's mark changes only when the step does (one setsockopt per stream, not per read)."""
+
+    async def headers_then_wait(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\nab")
+        await writer.drain()
+        await reader.read()  # until the router closes
+
+    async with serving(headers_then_wait) as port:
+        response = await upstream.post("127.0.0.1", port, "/x", b"{}", "application/json")
+        try:
+            assert await response.readany() == b"ab"
+            sock = response._transport.get_extra_info("socket")  # type: ignore[union-attr]
+
+            def mark() -> int:
+                return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
+
+            response.gather(1000, 3600)
+            assert mark() == 1000
+            response.gather(1200, 3600)  # within a quarter: kept
+            assert mark() == 1000
+            response.gather(1300, 3600)  # beyond it: changed
+            assert mark() == 1300
+            response.gather(1300, 0.001)
+            await eventually(lambda: not response.gathering, what="the deadline")
+            assert mark() == 1
+            response.gather(1300, 3600)  # after a deadline, set again
+            assert mark() == 1300
+        finally:
+            response.close()
 
 
 async def test_a_gather_deadline_does_not_resume_a_response_paused_for_its_buffer() -> None:

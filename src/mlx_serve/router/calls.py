@@ -86,12 +86,11 @@ class Reply:
         trace = self._trace
         buffer = b""
         received = 0  # body bytes, for the pace of the reads (proxy.pace)
-        step = 0
         while True:
             if received:
                 # The events of the last read were all yielded, so the dialect has written
                 # them: a fast stream's next ones may gather first, as on the OpenAI routes.
-                step = pace(self._response, trace, received, step)
+                pace(self._response, trace, received)
             try:
                 chunk = await self._response.readany()
             except UpstreamError as exc:

@@ -358,7 +358,6 @@ async def _relay_stream(
     buffer = b""  # the start of an event not yet whole
     read = upstream.readany
     received = 0  # body bytes: their mean per token sizes a step
-    step = 0  # bytes the kernel lets wait before it wakes the router (0: not paced)
     try:
         while chunk := await read():
             received += len(chunk)
@@ -381,7 +380,7 @@ async def _relay_stream(
                         await upstream.read()  # let the worker finish and close its side
                 return resp
             await _to_client(resp, rename(chunk))
-            step = pace(upstream, trace, received, step)
+            pace(upstream, trace, received)
         if buffer:
             _count_stream_tokens(buffer, trace)
             if _ends_stream(buffer):
@@ -411,28 +410,23 @@ async def _relay_stream(
     return resp
 
 
-def pace(upstream: UpstreamResponse, trace: Trace, received: int, step: int) -> int:
+def pace(upstream: UpstreamResponse, trace: Trace, received: int) -> None:
     """After a stream's events were written to the client: let the next ones gather in the
     kernel if the stream is fast (see ``_relay_stream``). ``received`` is the body's bytes so
-    far, ``step`` what the last call returned (0 at first); returns the step in force.
+    far.
 
     Shared with the dialects' reader (``router.calls``), so a stream translated to Anthropic,
     Responses or Ollama events costs the router as few wake-ups as one relayed as it is.
     """
     if trace.ttft_s is None or trace.chunks < PACE_AFTER:
-        return step
+        return
     # Tokens so far over the time since the first: the stream's mean interval.
     gap = (time.perf_counter() - trace.started - trace.ttft_s) / (trace.chunks - 1)
     tokens = min(PACE_TOKENS, PACE_MAX_S / gap) if gap > 0 else PACE_TOKENS
     if tokens < 2:
-        return step
-    # Wake at the last of those tokens (event sizes vary a little); a step within a quarter
-    # of the last one is kept (one setsockopt per stream).
-    want = received / trace.chunks * (int(tokens) - 0.5)
-    if abs(want - step) > step / 4:
-        step = int(want)
-    upstream.gather(step, PACE_MAX_S)
-    return step
+        return
+    # Wake at the last of those tokens (event sizes vary a little).
+    upstream.gather(int(received / trace.chunks * (int(tokens) - 0.5)), PACE_MAX_S)
 
 
 class _ClientGone(Exception):

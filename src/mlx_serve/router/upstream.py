@@ -186,14 +186,16 @@ class UpstreamResponse(asyncio.Protocol):
         paused read it gives way at once to the worker's close: the end of a stream (``mlx_lm``
         closes after each response) is never held back. The deadline lowers the mark back to
         one byte, and the kernel then reports at once whatever waits. Where the option cannot
-        be set, nothing changes: every event is read as it comes.
+        be set, nothing changes: every event is read as it comes. A mark in force within a
+        quarter of ``nbytes`` is kept (event sizes vary a little: one setsockopt per stream).
         """
         if self._transport is None or self._eof or self._error is not None:
             return
         if self._release is not None:
             self._release.cancel()
             self._release = None
-        if nbytes != self._lowat and not self._set_lowat(nbytes):
+        keep = self._lowat > 1 and abs(nbytes - self._lowat) <= self._lowat / 4
+        if not keep and not self._set_lowat(nbytes):
             return
         self._release = asyncio.get_running_loop().call_later(within, self._deadline)
 
